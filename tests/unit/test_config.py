@@ -1,0 +1,204 @@
+"""The typed config: YAML + dotted overrides, and every problem reported at once with a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmft.cli import main
+from llmft.config import Config, build_config, load_config, parse_overrides, suggest_key
+from llmft.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def problems_of(data=None, overrides=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        build_config(data or {}, overrides or {})
+    return info.value.problems
+
+
+def test_defaults_are_the_embedded_demo():
+    config = build_config()
+    assert config.model.name == "tiny-llama"
+    assert config.data.format == "quotes" and config.data.path is None
+    assert config.peft.method == "lora"
+    assert config.distributed.strategy == "single"
+    assert config.resolved_output_dir() == Path("runs/tiny-llama-quotes-lora")
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "train:\n  lr: 1.0e-4\n  micro_batch_size: 2\n  batch_size: 8\npeft:\n  lora:\n    r: 4\n"
+    )
+    config = load_config(
+        path, parse_overrides(["--train.lr", "3e-4", "--peft.lora.target_modules", "q_proj,v_proj"])
+    )
+    assert config.train.lr == pytest.approx(3e-4)  # override wins over the file
+    assert config.train.micro_batch_size == 2 and config.train.batch_size == 8  # file kept
+    assert config.peft.lora.r == 4
+    assert config.peft.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_yaml_style_list_and_all_linear():
+    config = build_config({}, parse_overrides(["--peft.lora.target_modules", "[q_proj,v_proj]"]))
+    assert config.peft.lora.target_modules == ["q_proj", "v_proj"]
+    config = build_config({}, {"peft.lora.target_modules": "all-linear"})
+    assert config.peft.lora.target_modules == "all-linear"
+
+
+def test_output_dir_derived_from_model_format_method():
+    config = build_config({}, {"model.name": "/models/Llama-2-7b-hf/", "peft.method": "none"})
+    assert config.resolved_output_dir() == Path("runs/Llama-2-7b-hf-quotes-none")
+    assert build_config({}, {"output_dir": "out/x"}).resolved_output_dir() == Path("out/x")
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("peft.lora.rank", "peft.lora.r"),
+        ("lora.rank", "peft.lora.r"),
+        ("lr", "train.lr"),
+        ("train.learning_rate", "train.lr"),
+        ("train.max_step", "train.max_steps"),
+        ("data.cutoff_len", "data.max_seq_len"),
+        ("model.nmae", "model.name"),
+    ],
+)
+def test_unknown_key_suggestions(key, expected):
+    assert suggest_key(key) == expected
+    assert problems_of(overrides={key: 1}) == [f"unknown key '{key}' - did you mean '{expected}'?"]
+
+
+def test_wrong_type_names_field_and_value():
+    (problem,) = problems_of(overrides={"train.max_steps": "abc"})
+    assert problem.startswith("train.max_steps: ") and "'abc'" in problem
+    (problem,) = problems_of(overrides={"train.epochs": 1.5})
+    assert problem.startswith("train.epochs: ") and "1.5" in problem
+    (problem,) = problems_of(overrides={"peft.method": "lora2"})
+    assert "peft.method" in problem and "'lora'" in problem and "'none'" in problem
+
+
+def test_several_errors_reported_at_once():
+    problems = problems_of(
+        {"train": {"lr": "fast", "warmup_ratio": 2}, "peft": {"lora": {"rank": 8}}},
+        {"data.format": "quote", "model.trust_remote_code": "maybe"},
+    )
+    assert len(problems) == 5, problems
+    joined = " | ".join(problems)
+    for fragment in (
+        "train.lr:",
+        "train.warmup_ratio:",
+        "unknown key 'peft.lora.rank' - did you mean 'peft.lora.r'?",
+        "data.format: unknown format 'quote' - did you mean 'quotes'?",
+        "model.trust_remote_code:",
+    ):
+        assert fragment in joined
+
+
+def test_batch_size_must_divide():
+    (problem,) = problems_of(overrides={"train.batch_size": 10, "train.micro_batch_size": 4})
+    assert "train.batch_size (10)" in problem and "train.micro_batch_size (4)" in problem
+    assert "--train.batch_size 8" in problem
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(0, True), (0.0, True), (0.2, True), (30, True), (1.0, False), (1.5, False), (-1, False)],
+)
+def test_val_set_size_count_or_fraction(value, ok):
+    if ok:
+        assert build_config({}, {"data.val_set_size": value}).data.val_set_size == value
+    else:
+        (problem,) = problems_of(overrides={"data.val_set_size": value})
+        assert problem.startswith("data.val_set_size:")
+
+
+def test_override_into_a_value_is_an_error():
+    problems = problems_of(overrides={"output_dir.x": 1})
+    assert any("'output_dir' is a value, not a section" in p for p in problems)
+
+
+def test_parse_overrides_forms():
+    parsed = parse_overrides(
+        [
+            "--train.lr=2e-4",
+            "--train.seed",
+            "-1",
+            "--train.progress",
+            "--peft.lora.r",
+            "8",
+            "--data.path",
+            "a b.jsonl",
+        ]
+    )
+    assert parsed == {
+        "train.lr": "2e-4",  # YAML reads 2e-4 as text; the schema turns it into a float
+        "train.seed": -1,
+        "train.progress": True,
+        "peft.lora.r": 8,
+        "data.path": "a b.jsonl",
+    }
+    assert build_config({}, parsed).train.lr == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
+        parse_overrides(["stray"])
+
+
+def test_yaml_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="config file '.*missing.yaml' not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml' is not valid YAML at line \d+, column \d+"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of sections, not list"):
+        load_config(listing)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = build_config({}, {"train.lr": 5e-4, "peft.lora.target_modules": "q_proj,v_proj"})
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config
+
+
+def test_every_shipped_config_validates():
+    configs = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert configs, "configs/ holds no recipe"
+    for path in configs:
+        assert isinstance(load_config(path), Config), path
+
+
+# ---- the CLI: one line on stderr, exit status 2, no traceback --------------------------------------
+
+
+def test_cli_validate_ok_and_bad(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  max_steps: 3\n")
+    assert main(["validate", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_stepz: 3\n  lr: x\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("llmft: error: 2 config errors in ")
+    assert "did you mean 'train.max_steps'?" in err and "train.lr:" in err
+    assert "Traceback" not in err
+
+
+def test_cli_print_config(capsys):
+    assert main(["finetune", "--print-config", "--train.lr", "2e-4", "--output_dir", "x/y"]) == 0
+    printed = capsys.readouterr().out
+    config = build_config(__import__("yaml").safe_load(printed))
+    assert config.train.lr == pytest.approx(2e-4) and config.output_dir == "x/y"
+
+
+def test_cli_unknown_flag_is_one_line(capsys):
+    assert main(["finetune", "--trian.lr", "1", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == "llmft: error: config error: unknown key 'trian.lr' - did you mean 'train.lr'?\n"
