@@ -1,0 +1,128 @@
+"""Model and tokenizer loading: a preset, a local Hugging Face folder, or a hub id, through one path.
+
+All three end in ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``; a preset
+is first materialised into a local folder (:mod:`llmft.models.presets`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from llmft.config import ModelSection
+from llmft.errors import UserError
+from llmft.models.presets import PRESETS, materialize
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from. ``ref`` is a folder for presets and local models, else a hub id."""
+
+    kind: Literal["preset", "local", "hub"]
+    ref: str
+    name: str
+
+    def describe(self) -> str:
+        if self.kind == "preset":
+            return f"preset {self.name} ({self.ref})"
+        return f"{self.kind} {self.ref}"
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with slashes is meant as a folder.
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def _hub_error(name: str, exc: BaseException) -> UserError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "trust_remote_code" in str(exc):
+        return UserError(
+            f"model.name: '{name}' ships its own code; review it, then pass --model.trust_remote_code true"
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    why = "the Hugging Face Hub is off (HF_HUB_OFFLINE=1)" if offline else f"loading it failed: {reason}"
+    return UserError(
+        f"model.name: '{name}' is not a preset ({', '.join(PRESETS)}) or a local folder, and {why}; "
+        f"download it where there is network (hf download {name} --local-dir DIR) and pass --model.name DIR"
+    )
+
+
+def resolve_model(cfg: ModelSection) -> ModelSource:
+    """Decide what ``model.name`` refers to, with a clear error for anything that cannot load."""
+    name = cfg.name
+    if name in PRESETS:
+        return ModelSource("preset", str(materialize(PRESETS[name])), name)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"model.name: folder '{name}' has no config.json; point it at a Hugging Face model folder "
+                f"(save_pretrained output)"
+            )
+        return ModelSource("local", str(path), name)
+    if _looks_like_path(name):
+        raise UserError(f"model.name: folder '{name}' does not exist; check the path")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:  # hub errors come as OSError, ValueError, HTTP and offline errors
+        raise _hub_error(name, exc) from None
+    return ModelSource("hub", name, name)
+
+
+def load_tokenizer(source: ModelSource, cfg: ModelSection):
+    """The model's tokenizer, right-padded for training, with a pad token guaranteed.
+
+    LLaMA tokenizers often have no pad token; the unknown token (LLaMA-2) or EOS (LLaMA-3) serves.
+    Labels are masked by the attention mask, never by the pad id, so reusing EOS is safe.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.ref, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except Exception as exc:
+        if source.kind == "hub":
+            raise _hub_error(source.ref, exc) from None
+        raise UserError(f"model.name: no usable tokenizer in '{source.ref}': {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device):
+    """The causal LM on ``device`` in ``model.dtype``; every parameter frozen-or-not as loaded."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.ref,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=DTYPES[cfg.dtype],
+            attn_implementation=cfg.attn_implementation,
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise UserError(
+                f"model.name: '{source.name}' is not a causal language model (no AutoModelForCausalLM "
+                f"class for it); llmft fine-tunes LLaMA-family decoder models"
+            ) from None
+        raise
+    except OSError as exc:
+        if source.kind == "hub":
+            raise _hub_error(source.ref, exc) from None
+        raise UserError(f"model.name: could not load weights from '{source.ref}': {exc}") from None
+    return model.to(device)

@@ -1,0 +1,128 @@
+"""Model loading: the preset, a local folder and a hub id go through one from_pretrained path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmft.config import ModelSection, PeftSection, build_config
+from llmft.errors import UserError
+from llmft.models.loader import load_causal_lm, load_tokenizer, resolve_model
+from llmft.models.presets import PRESETS, materialize
+from llmft.peft.methods import apply_method, count_parameters
+
+CPU = torch.device("cpu")
+
+
+def test_preset_is_a_small_real_llama(tiny_model_dir, tiny_tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 2_000_000 < n_params < 10_000_000
+    assert model.config.vocab_size == len(tiny_tokenizer)
+    assert tiny_tokenizer("hello")["input_ids"][0] == tiny_tokenizer.bos_token_id
+    assert tiny_tokenizer.eos_token_id is not None and tiny_tokenizer.pad_token_id is not None
+
+
+def test_preset_weights_are_deterministic(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMFT_HOME", str(tmp_path))
+    again = materialize(PRESETS["tiny-llama"])
+    assert again != tiny_model_dir
+    first, second = load_file(tiny_model_dir / "model.safetensors"), load_file(again / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    # Not all equal to each other: each weight has its own generator.
+    assert not torch.equal(
+        first["model.layers.0.self_attn.q_proj.weight"], first["model.layers.1.self_attn.q_proj.weight"]
+    )
+    assert materialize(PRESETS["tiny-llama"]) == again  # second call reuses the folder
+
+
+def test_local_folder_loads_like_the_preset(tiny_model_dir, tmp_path):
+    # What a hub id becomes once downloaded: a folder written by save_pretrained.
+    local = tmp_path / "my-llama"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(local)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(local)
+    source = resolve_model(ModelSection(name=str(local)))
+    assert source.kind == "local"
+    model = load_causal_lm(source, ModelSection(name=str(local)), CPU)
+    preset = load_causal_lm(resolve_model(ModelSection()), ModelSection(), CPU)
+    ids = torch.tensor([[1, 20, 30, 40]])
+    assert torch.equal(model(ids).logits, preset(ids).logits)
+    assert (
+        load_tokenizer(source, ModelSection(name=str(local)))("a b")["input_ids"]
+        == AutoTokenizer.from_pretrained(local)("a b")["input_ids"]
+    )
+
+
+def test_hub_id_offline_says_how_to_pass_a_folder(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelSection(name="meta-llama/Llama-2-7b-hf"))
+    message = str(info.value)
+    assert "model.name: 'meta-llama/Llama-2-7b-hf'" in message
+    assert "HF_HUB_OFFLINE=1" in message and "--model.name DIR" in message
+
+
+@pytest.mark.parametrize("name", ["./no/such/folder", "/nope/model", "a/b/c"])
+def test_missing_folder(name):
+    with pytest.raises(UserError, match=f"model.name: folder '{name}' does not exist"):
+        resolve_model(ModelSection(name=name))
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(UserError, match="has no config.json"):
+        resolve_model(ModelSection(name=str(tmp_path)))
+
+
+def test_pad_token_falls_back_when_missing(tiny_model_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "tok")
+    (tmp_path / "tok" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    source = resolve_model(ModelSection(name=str(tmp_path / "tok")))
+    loaded = load_tokenizer(source, ModelSection(name=str(tmp_path / "tok")))
+    assert loaded.pad_token == "<unk>" and loaded.padding_side == "right"
+
+
+def test_model_dtype_option(tiny_model_dir):
+    cfg = ModelSection(dtype="bfloat16")
+    model = load_causal_lm(resolve_model(cfg), cfg, CPU)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+# ---- PEFT methods ------------------------------------------------------------------------------
+
+
+def _model():
+    return load_causal_lm(resolve_model(ModelSection()), ModelSection(), CPU)
+
+
+def test_lora_trains_exactly_the_adapters():
+    model = _model()
+    total = sum(p.numel() for p in model.parameters())
+    cfg = build_config({}, {"peft.lora.target_modules": "q_proj,v_proj", "peft.lora.r": 4}).peft
+    expected = 0
+    for name, module in model.named_modules():
+        if name.endswith(("q_proj", "v_proj")):
+            expected += 4 * (module.in_features + module.out_features)
+    peft_model = apply_method(model, cfg)
+    count = count_parameters(peft_model)
+    assert count.trainable == expected and count.total == total + expected
+    assert all("lora_" in n for n, p in peft_model.named_parameters() if p.requires_grad)
+
+
+def test_lora_unknown_target_lists_the_real_ones():
+    cfg = PeftSection(method="lora", lora={"target_modules": ["q_proj", "query"]})
+    with pytest.raises(UserError) as info:
+        apply_method(_model(), cfg)
+    message = str(info.value)
+    assert "peft.lora.target_modules: 'query' matches no linear layer" in message
+    assert "q_proj" in message and "down_proj" in message
+
+
+def test_method_none_trains_everything():
+    model = apply_method(_model(), PeftSection(method="none"))
+    assert all(p.requires_grad for p in model.parameters())
