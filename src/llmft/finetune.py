@@ -1,0 +1,210 @@
+"""``llmft finetune``: the run path from config to written artifacts, top to bottom.
+
+Order of operations (each step fails fast, before the run folder is touched):
+ 1. check the output folder (never lose an earlier run without --overwrite);
+ 2. process layout and device; seed every RNG;
+ 3. resolve the model (preset | local folder | hub id) and load the tokenizer;
+ 4. read, render and tokenize all data (a bad row stops here, naming file, row and field);
+ 5. load the model, apply activation checkpointing, then the PEFT method (adapters are added after
+    the base is loaded, and the method decides what trains);
+ 6. claim the output folder, write the resolved config, train, save, plot, generate a sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmft.checkpoint.outputs import RUN_MARKER, check_output_dir, claim_output_dir, save_artifacts
+from llmft.config import Config
+from llmft.data.pipeline import prepare_data
+from llmft.distributed.env import setup_distributed
+from llmft.inference.generate import generate_text
+from llmft.models.loader import load_causal_lm, load_tokenizer, resolve_model
+from llmft.peft.methods import apply_method, count_parameters
+from llmft.train.metrics import MetricsLogger, plot_losses
+from llmft.train.optim import resolve_precision
+from llmft.train.trainer import Trainer, TrainSummary
+
+log = logging.getLogger("llmft")
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    summary: TrainSummary
+    base_model: str
+    precision: str
+    device: str
+    sample_prompt: str
+    sample_text: str
+    files: dict[str, str]
+    model: Any = field(default=None, repr=False)  # the trained model, for callers that go on using it
+    tokenizer: Any = field(default=None, repr=False)
+
+    def report(self) -> str:
+        """The closing message: what happened, where everything was written, one sample."""
+        s = self.summary
+        window = max(1, min(10, s.steps // 2))
+        eval_part = (
+            f"; eval loss {s.eval_loss:.4f} (perplexity {math.exp(min(s.eval_loss, 50)):.1f})"
+            if s.eval_loss is not None
+            else ""
+        )
+        lines = [
+            f"Done: {s.steps} steps in {s.train_time_s:.1f}s, {s.tokens_per_s:,.0f} tokens/s "
+            f"({self.device}, {self.precision}).",
+            f"Train loss {s.window(True, window):.4f} (first {window} steps) -> "
+            f"{s.window(False, window):.4f} (last {window}){eval_part}",
+            f"Wrote {self.output_dir}/",
+        ]
+        width = max(len(k) for k in self.files)
+        lines += [f"  {key:<{width}}  {value}" for key, value in self.files.items()]
+        lines += [
+            f"Sample (prompt {self.sample_prompt!r}):",
+            f"  {self.sample_prompt}{self.sample_text}",
+        ]
+        return "\n".join(lines)
+
+
+class _RunLog:
+    """train.log in the run folder, including what was logged before the folder could be claimed
+    (those records wait in memory, and are dropped if the run stops before writing anything)."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("llmft")
+        self.buffer = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+        self.file: logging.Handler | None = None
+        self.logger.addHandler(self.buffer)
+        if self.logger.level == logging.NOTSET or self.logger.level > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+
+    def open(self, output_dir: Path) -> None:
+        self.file = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.buffer.setTarget(self.file)
+        self.buffer.flush()
+        self.logger.removeHandler(self.buffer)
+        self.logger.addHandler(self.file)
+
+    def close(self) -> None:
+        for handler in (self.buffer, self.file):
+            if handler is not None:
+                self.logger.removeHandler(handler)
+                handler.close()
+
+
+def finetune(cfg: Config, overwrite: bool = False) -> RunResult:
+    """Run one fine-tuning job described by ``cfg``; see the module docstring for the order."""
+    output_dir = cfg.resolved_output_dir()
+    check_output_dir(output_dir, overwrite)
+    run_log = _RunLog()
+    try:
+        return _finetune(cfg, output_dir, overwrite, run_log)
+    finally:
+        run_log.close()
+
+
+def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) -> RunResult:
+    from transformers import set_seed
+
+    env = setup_distributed(cfg.distributed)
+    source = resolve_model(cfg.model)
+    log.info("model: %s", source.describe())
+    tokenizer = load_tokenizer(source, cfg.model)
+    data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
+    log.info("data: %s from %s (format %s)", data.stats.describe(), data.source, data.format.name)
+
+    model = load_causal_lm(source, cfg.model, env.device)
+    if cfg.train.gradient_checkpointing:
+        # Before the adapters: the base model owns the decoder blocks that recompute.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Seeded here, just before the first random draw of the run (adapter init; then dropout), so that
+    # nothing before it (a preset materialised on first use, say) shifts the stream.
+    set_seed(cfg.train.seed)
+    model = apply_method(model, cfg.peft)
+    log.info("%s: %s", cfg.peft.method, count_parameters(model).describe())
+    compute_dtype = resolve_precision(cfg.train.precision, env.device)
+    precision = "bf16" if compute_dtype is not None else "fp32"
+
+    claim_output_dir(output_dir, overwrite)
+    resolved = cfg.model_copy(update={"output_dir": str(output_dir)})
+    (output_dir / RUN_MARKER).write_text(resolved.to_yaml(), encoding="utf-8")
+    run_log.open(output_dir)
+    metrics = MetricsLogger(output_dir, tensorboard=cfg.logging.tensorboard)
+    try:
+        trainer = Trainer(
+            model, cfg.train, data.train, data.val, tokenizer.pad_token_id, env, metrics, compute_dtype
+        )
+        log.info(
+            "training: %d steps (%d per epoch), global batch %d = %d micro x %d accumulation x %d process(es), "
+            "%s on %s",
+            trainer.total_steps,
+            trainer.steps_per_epoch,
+            cfg.train.batch_size,
+            cfg.train.micro_batch_size,
+            trainer.accumulation_steps,
+            env.world_size,
+            precision,
+            env.device,
+        )
+        started = time.perf_counter()
+        summary = trainer.fit()
+        log.info("trained in %.1fs", time.perf_counter() - started)
+    finally:
+        metrics.close()
+
+    saved = [p.name for p in save_artifacts(model, tokenizer, output_dir)]
+    kind = "model" if cfg.peft.method == "none" else "adapter"
+    files = {
+        kind: ", ".join(
+            n for n in saved if not n.startswith(("tokenizer", "special_tokens", "chat_template"))
+        ),
+        "tokenizer": ", ".join(
+            n for n in saved if n.startswith(("tokenizer", "special_tokens", "chat_template"))
+        ),
+        "config": RUN_MARKER,
+    }
+    files["metrics"] = "metrics.jsonl"
+    if metrics.tensorboard_dir is not None:
+        files["tensorboard"] = f"tensorboard/  (tensorboard --logdir {metrics.tensorboard_dir})"
+    if cfg.logging.plot:
+        files["plot"] = plot_losses(metrics.path, output_dir / "loss.png").name
+    files["log"] = "train.log"
+    files["summary"] = "summary.json"
+    files["base model"] = source.ref
+
+    prompt = cfg.generation.prompt or data.format.example_prompt
+    sample = generate_text(
+        model, tokenizer, prompt, cfg.generation, env.device, compute_dtype, cfg.train.seed
+    )
+    result = RunResult(
+        output_dir, summary, source.ref, precision, str(env.device), prompt, sample, files, model, tokenizer
+    )
+    (output_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "steps": summary.steps,
+                "first_loss": summary.losses[0] if summary.losses else None,
+                "final_loss": summary.losses[-1] if summary.losses else None,
+                "eval_loss": summary.eval_loss,
+                "train_time_s": summary.train_time_s,
+                "tokens_per_s": summary.tokens_per_s,
+                "base_model": source.ref,
+                "device": str(env.device),
+                "precision": precision,
+                "sample": {"prompt": prompt, "completion": sample},
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return result

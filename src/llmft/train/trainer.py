@@ -1,0 +1,291 @@
+"""The one training loop: every method, data format and (later) strategy runs through it.
+
+A step consumes one global batch: ``accumulation_steps`` micro-batches per process. The loss of the
+step is the sum of every target token's loss divided by the number of target tokens in the whole
+global batch (counted before any backward), so that accumulation gives exactly the gradient of one big
+batch (see :mod:`llmft.train.loss`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from llmft.config import TrainSection
+from llmft.data.pipeline import TokenizedDataset, eval_loader, train_loader
+from llmft.distributed.env import DistEnv
+from llmft.errors import UserError
+from llmft.train.loss import count_targets, token_loss_sum
+from llmft.train.metrics import MetricsLogger
+from llmft.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; usually the learning rate is too high."""
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: float  # mean loss per target token over the global batch
+    target_tokens: int
+    real_tokens: int  # non-padding input tokens, all processes
+    grad_norm: float
+    lr: float
+    step_time_s: float
+
+
+@dataclass
+class TrainSummary:
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    eval_loss: float | None = None
+    train_time_s: float = 0.0
+    real_tokens: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.real_tokens / self.train_time_s if self.train_time_s else 0.0
+
+    def window(self, first: bool, size: int = 10) -> float:
+        """Mean train loss over the first or last ``size`` steps (less noisy than one step)."""
+        chunk = self.losses[:size] if first else self.losses[-size:]
+        return sum(chunk) / len(chunk) if chunk else float("nan")
+
+
+def accumulation_steps(cfg: TrainSection, world_size: int) -> int:
+    """Micro-batches per process per optimizer step: batch_size / (micro_batch_size x world size)."""
+    per_step = cfg.micro_batch_size * world_size
+    if cfg.batch_size % per_step:
+        raise UserError(
+            f"train.batch_size ({cfg.batch_size}) must be a multiple of train.micro_batch_size x world size "
+            f"({cfg.micro_batch_size} x {world_size} = {per_step}); e.g. --train.batch_size "
+            f"{max(1, cfg.batch_size // per_step) * per_step}"
+        )
+    return cfg.batch_size // per_step
+
+
+class Trainer:
+    """Optimises the trainable parameters of ``model`` on tokenized data.
+
+    Args:
+        model: the model to train; parameters with ``requires_grad`` are optimised.
+        cfg: the ``train`` section.
+        train_data / val_data: tokenized examples; ``val_data`` may be None.
+        pad_id: token id used to pad batches (never a target).
+        env: rank, world size, device.
+        metrics: where rows go (main process only); None to log nothing.
+        compute_dtype: autocast dtype, or None for plain fp32.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainSection,
+        train_data: TokenizedDataset,
+        val_data: TokenizedDataset | None,
+        pad_id: int,
+        env: DistEnv,
+        metrics: MetricsLogger | None = None,
+        compute_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.env = env
+        self.metrics = metrics if env.is_main else None
+        self.compute_dtype = compute_dtype
+        self.accumulation_steps = accumulation_steps(cfg, env.world_size)
+        self.train_loader = train_loader(
+            train_data, cfg.micro_batch_size, pad_id, cfg.seed, env.rank, env.world_size
+        )
+        self.val_loader = eval_loader(val_data, cfg.micro_batch_size, pad_id) if val_data else None
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation_steps)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(model, cfg, env.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.step = 0
+        self._evaluated_at = -1
+
+    # ---------------------------------------------------------------------------------------------
+    # One step, in two parts that tests can also call on their own.
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
+
+    def loss_sum(self, batch: Batch) -> torch.Tensor:
+        """Forward pass of one micro-batch; returns the summed loss of its target tokens."""
+        batch = self._to_device(batch)
+        with torch.autocast(
+            self.env.device.type,
+            dtype=self.compute_dtype or torch.float32,
+            enabled=self.compute_dtype is not None,
+        ):
+            logits_BTV = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits
+        return token_loss_sum(logits_BTV, batch["labels"])
+
+    def accumulate_gradients(self, micro_batches: list[Batch]) -> tuple[torch.Tensor, int]:
+        """Forward and backward over the micro-batches of one global batch.
+
+        Each micro-batch's summed loss is divided by the number of target tokens of the whole global
+        batch (all micro-batches, all processes), so the accumulated gradient equals the gradient of
+        the mean token loss of the global batch. Returns (summed loss, global target tokens).
+        """
+        local_targets = sum(count_targets(mb["labels"]) for mb in micro_batches)
+        global_targets = int(self.env.sum(torch.tensor(local_targets, dtype=torch.long)))
+        total = torch.zeros((), device=self.env.device)
+        if global_targets == 0:
+            return total, 0
+        for batch in micro_batches:
+            loss = self.loss_sum(batch)
+            (loss / global_targets).backward()
+            total += loss.detach()
+        return self.env.sum(total), global_targets
+
+    def optimizer_step(self) -> float:
+        """Clip, step the optimizer and the schedule, clear gradients; returns the pre-clip norm."""
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def train_step(self, micro_batches: list[Batch]) -> StepResult:
+        started = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]
+        loss_sum, targets = self.accumulate_gradients(micro_batches)
+        loss = float(loss_sum) / targets if targets else float("nan")
+        if targets and not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"train loss is {loss} at step {self.step + 1}; lower train.lr (now {self.cfg.lr:g}) or "
+                f"use train.precision fp32"
+            )
+        grad_norm = self.optimizer_step()
+        self.step += 1
+        real = int(self.env.sum(torch.tensor(sum(int(mb["attention_mask"].sum()) for mb in micro_batches))))
+        return StepResult(self.step, loss, targets, real, grad_norm, lr, time.perf_counter() - started)
+
+    # ---------------------------------------------------------------------------------------------
+
+    def global_batches(self) -> Iterator[tuple[int, list[Batch]]]:
+        """(epoch, micro-batches) for every optimizer step; each epoch reshuffles deterministically.
+
+        With ``max_steps`` set, epochs continue until that many steps are done.
+        """
+        epoch = 0
+        while True:
+            self.train_loader.sampler.set_epoch(epoch)
+            group: list[Batch] = []
+            for batch in self.train_loader:
+                group.append(batch)
+                if len(group) == self.accumulation_steps:
+                    yield epoch, group
+                    group = []
+            if group:  # a last, smaller global batch: token weighting keeps it exact
+                yield epoch, group
+            epoch += 1
+            if self.cfg.max_steps is None and epoch >= self.cfg.epochs:
+                return
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss per target token over the whole validation split, and its perplexity."""
+        if self.val_loader is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        total = torch.zeros((), device=self.env.device)
+        targets = 0
+        for batch in self.val_loader:
+            total += self.loss_sum(batch)
+            targets += count_targets(batch["labels"])
+        self.model.train(was_training)
+        loss = float(total) / max(targets, 1)
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+    def fit(self) -> TrainSummary:
+        """Train for ``total_steps`` optimizer steps, evaluating every ``eval_every`` and at the end."""
+        summary = TrainSummary()
+        self.model.train()
+        progress = tqdm(
+            total=self.total_steps,
+            desc="finetune",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.cfg.progress and self.env.is_main),
+        )
+        # Console log lines go through tqdm while the bar is drawn, so they do not tear it.
+        with logging_redirect_tqdm(loggers=[logging.getLogger("llmft")]):
+            self._loop(summary, progress)
+        if self.val_loader is not None and self._evaluated_at != summary.steps:
+            summary.eval_loss = self._eval_and_log(summary.steps)
+        return summary
+
+    def _loop(self, summary: TrainSummary, progress: tqdm) -> None:
+        run_started = tick = time.perf_counter()
+        try:
+            for epoch, micro_batches in self.global_batches():
+                result = self.train_step(micro_batches)
+                # Wall time of the step including batch preparation, so tokens/s is honest.
+                now = time.perf_counter()
+                result.step_time_s, tick = now - tick, now
+                summary.steps = result.step
+                summary.losses.append(result.loss)
+                summary.train_time_s += result.step_time_s
+                summary.real_tokens += result.real_tokens
+                if result.step % self.cfg.log_every == 0 or result.step == self.total_steps:
+                    self._log(
+                        {
+                            "step": result.step,
+                            "epoch": round(epoch + self._epoch_fraction(result.step), 4),
+                            "loss": result.loss,
+                            "lr": result.lr,
+                            "grad_norm": result.grad_norm,
+                            "target_tokens": result.target_tokens,
+                            "real_tokens": result.real_tokens,
+                            "tokens_per_s": result.real_tokens / result.step_time_s,
+                            "step_time_s": result.step_time_s,
+                            "elapsed_s": time.perf_counter() - run_started,
+                        }
+                    )
+                progress.update(1)
+                progress.set_postfix(
+                    loss=f"{result.loss:.4f}", tok_s=f"{summary.tokens_per_s:,.0f}", lr=f"{result.lr:.2e}"
+                )
+                if self.cfg.eval_every and result.step % self.cfg.eval_every == 0 and self.val_loader:
+                    summary.eval_loss = self._eval_and_log(result.step)
+                    self._evaluated_at = result.step
+                    tick = time.perf_counter()  # evaluation time is not training time
+                if result.step >= self.total_steps:
+                    break
+        finally:
+            progress.close()
+
+    def _epoch_fraction(self, step: int) -> float:
+        within = (step - 1) % self.steps_per_epoch + 1
+        return within / self.steps_per_epoch
+
+    def _eval_and_log(self, step: int) -> float:
+        row = self.evaluate()
+        self._log({"step": step, **row})
+        log.info("step %d: eval loss %.4f (perplexity %.1f)", step, row["eval_loss"], row["eval_ppl"])
+        return row["eval_loss"]
+
+    def _log(self, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.log(row)

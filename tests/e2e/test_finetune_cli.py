@@ -1,0 +1,139 @@
+"""The real `llmft` command end to end: golden losses, the files of a run, the overwrite guard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import run_cli
+
+# A short fp32 run on the first 64 bundled quotes. The values change only when behaviour does
+# (data, masking, loss normalisation, init, schedule); the tolerance is far above fp32 noise.
+SHORT_RUN = [
+    "--train.max_steps", "6",
+    "--train.precision", "fp32",
+    "--train.eval_every", "3",
+    "--data.max_samples", "64",
+    "--generation.max_new_tokens", "8",
+]  # fmt: skip
+GOLDEN_LOSSES = [
+    7.970589029130025,
+    7.893802989612926,
+    7.8328031437125745,
+    7.778329150169683,
+    7.830512324465981,
+    7.793787400265957,
+]
+GOLDEN_EVAL = {3: 7.932113742236025, 6: 7.919651197350544}
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "quotes"
+    result = run_cli("finetune", *SHORT_RUN, "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_golden_losses(short_run):
+    out, _ = short_run
+    rows = _rows(out)
+    train = [r for r in rows if "loss" in r]
+    evals = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in train] == pytest.approx(GOLDEN_LOSSES, abs=TOLERANCE)
+    assert evals == pytest.approx(GOLDEN_EVAL, abs=TOLERANCE)
+    for row in train:
+        assert {
+            "step",
+            "loss",
+            "lr",
+            "tokens_per_s",
+            "grad_norm",
+            "real_tokens",
+            "target_tokens",
+        } <= row.keys()
+        assert row["tokens_per_s"] > 0 and row["target_tokens"] <= row["real_tokens"]
+    # Warmup (1 step = 5% of 6, rounded up), then cosine decay to 0 at the last step.
+    assert [r["lr"] for r in train][0] == pytest.approx(3e-4) and train[-1]["lr"] == pytest.approx(0.0)
+
+
+def test_files_of_a_run(short_run):
+    out, result = short_run
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 16
+    assert (out / adapter_config["base_model_name_or_path"] / "config.json").is_file()
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
+    resolved = (out / "llmft_config.yaml").read_text()
+    assert f"output_dir: {out}" in resolved and "max_steps: 6" in resolved
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["final_loss"] == pytest.approx(GOLDEN_LOSSES[-1], abs=TOLERANCE)
+    assert "eval loss" in (out / "train.log").read_text()
+    assert not (out / ".export-tmp").exists()
+
+    # The console: a live bar with loss and tokens/s, then where things went and a sample.
+    assert "finetune:" in result.stderr and "loss=" in result.stderr and "tok_s=" in result.stderr
+    assert f"Wrote {out}/" in result.stdout
+    assert "adapter_model.safetensors" in result.stdout and "Sample (prompt '“The'):" in result.stdout
+    assert summary["sample"]["prompt"] == "“The"
+
+
+def test_overwrite_guard(short_run, tmp_path):
+    out, _ = short_run
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    again = run_cli("finetune", *SHORT_RUN, "--output_dir", str(out))
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"llmft: error: output_dir: '{out}' holds an earlier run; pass --overwrite to replace it, "
+        f"or choose another --output_dir"
+    ]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing touched
+
+    foreign = tmp_path / "my-notes"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    refused = run_cli("finetune", *SHORT_RUN, "--output_dir", str(foreign), "--overwrite")
+    assert refused.returncode == 2 and "is not an llmft run folder" in refused.stderr
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_overwrite_replaces_an_earlier_run(tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("finetune", *SHORT_RUN, "--train.max_steps", "2", "--output_dir", str(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    (out / "stale.txt").write_text("from the earlier run")
+    second = run_cli(
+        "finetune", *SHORT_RUN, "--train.max_steps", "3", "--output_dir", str(out), "--overwrite"
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert not (out / "stale.txt").exists()
+    assert [r["step"] for r in _rows(out) if "loss" in r] == [1, 2, 3]
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path):
+    cases = {
+        ("--model.name", "meta-llama/Llama-2-7b-hf"): "is not a preset (tiny-llama) or a local folder",
+        ("--data.path", str(tmp_path / "missing.jsonl")): "data.path: file",
+        ("--peft.lora.target_modules", "qproj"): "'qproj' matches no linear layer",
+        ("--train.lr", "fast"): "train.lr:",
+    }
+    for args, fragment in cases.items():
+        result = run_cli("finetune", *args, "--output_dir", str(tmp_path / "never"))
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("llmft: error: ") and fragment in lines[-1], lines
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "never").exists()  # bad input leaves nothing behind

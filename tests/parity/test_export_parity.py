@@ -1,0 +1,67 @@
+"""What llmft writes loads in plain transformers/peft and gives llmft's own logits."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmft.config import build_config
+from llmft.finetune import finetune
+
+TEXTS = ["“Well done is better than well said.” ― Benjamin Franklin", "“Know thyself.”"]
+
+
+def _run(tmp_path, **overrides):
+    cfg = build_config(
+        {},
+        {
+            "train.max_steps": 3,
+            "train.precision": "fp32",
+            "train.lr": 1e-2,  # large enough that three steps move every adapter well away from zero
+            "train.progress": False,
+            "data.max_samples": 48,
+            "generation.max_new_tokens": 4,
+            "logging.tensorboard": False,
+            "output_dir": str(tmp_path / "run"),
+            **overrides,
+        },
+    )
+    return finetune(cfg)
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_saved_adapter_gives_llmft_logits(tmp_path):
+    result = _run(tmp_path)
+    out = result.output_dir
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ours = _logits(result.model, tokenizer)
+
+    base_path = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), out)
+    torch.testing.assert_close(_logits(plain, tokenizer), ours, rtol=0, atol=1e-5)
+
+    # The adapter matters: the base alone gives different logits, so the check above can fail.
+    base_only = _logits(AutoModelForCausalLM.from_pretrained(base_path), tokenizer)
+    assert (base_only - ours).abs().max() > 1e-2
+
+
+def test_full_finetune_saves_a_plain_model(tmp_path):
+    result = _run(tmp_path, **{"peft.method": "none", "train.lr": 1e-3})
+    out = result.output_dir
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    ours = _logits(result.model, tokenizer)
+    torch.testing.assert_close(_logits(plain, tokenizer), ours, rtol=0, atol=1e-5)
+    base_only = _logits(AutoModelForCausalLM.from_pretrained(result.base_model), tokenizer)
+    assert (base_only - ours).abs().max() > 1e-2
+    assert not (out / "adapter_config.json").exists()
+    assert "model" in result.files and "model.safetensors" in result.files["model"]
