@@ -51,13 +51,10 @@ class ModelSection(_Section):
 class DataSection(_Section):
     """Where the training records come from and how they become token sequences."""
 
-    format: str = Field(
-        "quotes", description="A registered format name, or 'package.module:function' for your own."
-    )
+    format: str = Field("quotes", description="A registered data format: quotes (english_quotes records).")
     path: str | None = Field(
-        None, description="A local JSON/JSONL file; empty means the bundled sample of the format."
+        None, description="A local JSON, JSONL, CSV or Parquet file; empty: the format's bundled sample."
     )
-    split: str = Field("train", description="Split of the source to train on.")
     val_set_size: int | float = Field(
         0.1, description="Validation records held out: a count (int) or a fraction in (0, 1); 0 for none."
     )
@@ -151,7 +148,7 @@ class TrainSection(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Autocast compute dtype. auto: bf16 where the device computes it fast "
-        "(CUDA with bf16, CPUs with AMX), else fp32.",
+        "(CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.",
     )
     seed: int = Field(42, description="Seeds data order, dropout and every random choice.")
     eval_every: int = Field(

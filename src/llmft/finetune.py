@@ -100,6 +100,19 @@ class _RunLog:
                 handler.close()
 
 
+def _enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder block in backward (non-reentrant, so frozen inputs need no grad hook).
+
+    Newer transformers 5 releases renamed the method; older ones (the GPU image's 5.17) have only the
+    first name.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def finetune(cfg: Config, overwrite: bool = False) -> RunResult:
     """Run one fine-tuning job described by ``cfg``; see the module docstring for the order."""
     output_dir = cfg.resolved_output_dir()
@@ -124,7 +137,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     model = load_causal_lm(source, cfg.model, env.device)
     if cfg.train.gradient_checkpointing:
         # Before the adapters: the base model owns the decoder blocks that recompute.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_activation_checkpointing(model)
     # Seeded here, just before the first random draw of the run (adapter init; then dropout), so that
     # nothing before it (a preset materialised on first use, say) shifts the stream.
     set_seed(cfg.train.seed)

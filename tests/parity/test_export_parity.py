@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,3 +66,10 @@ def test_full_finetune_saves_a_plain_model(tmp_path):
     assert (base_only - ours).abs().max() > 1e-2
     assert not (out / "adapter_config.json").exists()
     assert "model" in result.files and "model.safetensors" in result.files["model"]
+
+
+def test_activation_checkpointing_keeps_the_losses(tmp_path):
+    plain = _run(tmp_path / "a", **{"train.lr": 1e-3})
+    checkpointed = _run(tmp_path / "b", **{"train.lr": 1e-3, "train.gradient_checkpointing": True})
+    assert checkpointed.summary.losses == pytest.approx(plain.summary.losses, abs=1e-6)
+    assert plain.summary.losses[0] != plain.summary.losses[-1]
