@@ -144,7 +144,12 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     model = apply_method(model, cfg.peft)
     log.info("%s: %s", cfg.peft.method, count_parameters(model).describe())
     compute_dtype = resolve_precision(cfg.train.precision, env.device)
-    precision = "bf16" if compute_dtype is not None else "fp32"
+    # What the matrix products run in: the autocast dtype, else the storage dtype of the weights.
+    precision = (
+        "bf16"
+        if compute_dtype is not None
+        else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[cfg.model.dtype]
+    )
 
     claim_output_dir(output_dir, overwrite)
     resolved = cfg.model_copy(update={"output_dir": str(output_dir)})

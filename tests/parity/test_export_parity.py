@@ -73,3 +73,11 @@ def test_activation_checkpointing_keeps_the_losses(tmp_path):
     checkpointed = _run(tmp_path / "b", **{"train.lr": 1e-3, "train.gradient_checkpointing": True})
     assert checkpointed.summary.losses == pytest.approx(plain.summary.losses, abs=1e-6)
     assert plain.summary.losses[0] != plain.summary.losses[-1]
+
+
+def test_seed_decides_the_run(tmp_path):
+    first = _run(tmp_path / "a", **{"train.lr": 1e-3})
+    again = _run(tmp_path / "b", **{"train.lr": 1e-3})
+    other = _run(tmp_path / "c", **{"train.lr": 1e-3, "train.seed": 7})
+    assert again.summary.losses == first.summary.losses  # bit-identical
+    assert other.summary.losses != first.summary.losses

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmft.cli import main
 from llmft.config import Config, build_config, load_config, parse_overrides, suggest_key
@@ -194,7 +195,7 @@ def test_cli_validate_ok_and_bad(tmp_path, capsys):
 def test_cli_print_config(capsys):
     assert main(["finetune", "--print-config", "--train.lr", "2e-4", "--output_dir", "x/y"]) == 0
     printed = capsys.readouterr().out
-    config = build_config(__import__("yaml").safe_load(printed))
+    config = build_config(yaml.safe_load(printed))
     assert config.train.lr == pytest.approx(2e-4) and config.output_dir == "x/y"
 
 
