@@ -28,4 +28,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache  # runs/ holds your runs: delete it yourself

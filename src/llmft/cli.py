@@ -42,6 +42,13 @@ def config_reference(model: type[BaseModel] = Config, prefix: str = "") -> list[
     return lines
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as a UserError (one line, exit 2) instead of printing usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def _config_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         name,
@@ -56,50 +63,65 @@ def _config_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmft",
         description="Fine-tune LLaMA-family language models (Hugging Face format).",
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"llmft {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     finetune = _config_parser(sub, "finetune", "Fine-tune a model (default: LoRA on tiny-llama + quotes).")
     finetune.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     finetune.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in output_dir (it is deleted)"
     )
-
-    validate = sub.add_parser(
-        "validate", help="Check a config file (and overrides) without running anything.", allow_abbrev=False
+    _config_parser(
+        sub, "validate", "Check a config (llmft validate CONFIG [overrides], or --config) without running it."
     )
-    validate.add_argument("config", metavar="CONFIG", help="YAML config file")
     return parser
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _setup_logging() -> None:
+    """Console log on stderr at $LLMFT_LOG_LEVEL (default INFO); the run's train.log keeps INFO."""
+    level = os.environ.get("LLMFT_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise UserError(f"LLMFT_LOG_LEVEL '{level}' is not a level; use one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s llmft %(levelname)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("llmft")
-    if not root.handlers:
-        root.addHandler(handler)
-    root.setLevel(os.environ.get("LLMFT_LOG_LEVEL", "INFO").upper())
-    root.propagate = False
+    handler.setLevel(level)
+    logger = logging.getLogger("llmft")
+    for old in [
+        h for h in logger.handlers if isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
+    ]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(min(logging.INFO, logging.getLevelName(level)))
+    logger.propagate = False
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
-    overrides = parse_overrides(extra)
+    config_path = args.config
+    if args.command == "validate" and config_path is None:
+        # `llmft validate CONFIG [overrides]`: the file comes first, before any --key value pair.
+        if not extra or extra[0].startswith("--"):
+            raise UserError(
+                "validate: name a config file first: llmft validate CONFIG [--section.key VALUE ...]"
+            )
+        config_path, extra = extra[0], extra[1:]
+    config = load_config(config_path, parse_overrides(extra))
     if args.command == "validate":
-        config = load_config(args.config, overrides)
-        print(f"{args.config}: OK (output_dir {config.resolved_output_dir()})")
+        print(f"{config_path}: OK (output_dir {config.resolved_output_dir()})")
         return 0
-    config = load_config(args.config, overrides)
     if args.print_config:
         print(config.model_copy(update={"output_dir": str(config.resolved_output_dir())}).to_yaml(), end="")
         return 0
+    _setup_logging()
     from llmft.finetune import finetune  # heavy imports (torch, transformers) only when training
 
-    _setup_logging()
     result = finetune(config, overwrite=args.overwrite)
     print(result.report())
     return 0
@@ -107,9 +129,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmft`` console script; returns the exit status."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
     try:
+        args, extra = build_parser().parse_known_args(argv)
         return _run(args, extra)
     except UserError as exc:
         message = " ".join(str(exc).split())

@@ -2,12 +2,13 @@
 
 Order of operations (each step fails fast, before the run folder is touched):
  1. check the output folder (never lose an earlier run without --overwrite);
- 2. process layout and device; seed every RNG;
+ 2. process layout and device;
  3. resolve the model (preset | local folder | hub id) and load the tokenizer;
  4. read, render and tokenize all data (a bad row stops here, naming file, row and field);
- 5. load the model, apply activation checkpointing, then the PEFT method (adapters are added after
-    the base is loaded, and the method decides what trains);
- 6. claim the output folder, write the resolved config, train, save, plot, generate a sample.
+ 5. check the PEFT method against a weightless copy of the model (a LoRA target that does not exist);
+ 6. load the model, apply activation checkpointing, seed, then the PEFT method (adapters are added
+    after the base is loaded, and the method decides what trains);
+ 7. claim the output folder, write the resolved config, train, save, plot, generate a sample.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmft.checkpoint.outputs import RUN_MARKER, check_output_dir, claim_output_dir, save_artifacts
+from llmft.checkpoint.outputs import CONFIG_FILE, check_output_dir, claim_output_dir, save_artifacts
 from llmft.config import Config
 from llmft.data.pipeline import prepare_data
 from llmft.distributed.env import setup_distributed
 from llmft.inference.generate import generate_text
-from llmft.models.loader import load_causal_lm, load_tokenizer, resolve_model
-from llmft.peft.methods import apply_method, count_parameters
-from llmft.train.metrics import MetricsLogger, plot_losses
+from llmft.models.loader import load_causal_lm, load_tokenizer, model_skeleton, resolve_model
+from llmft.peft.methods import apply_method, check_method, count_parameters
+from llmft.train.metrics import MetricsLogger, finite_or_none, plot_losses
 from llmft.train.optim import resolve_precision
 from llmft.train.trainer import Trainer, TrainSummary
 
@@ -60,7 +61,7 @@ class RunResult:
         lines = [
             f"Done: {s.steps} steps in {s.train_time_s:.1f}s, {s.tokens_per_s:,.0f} tokens/s "
             f"({self.device}, {self.precision}).",
-            f"Train loss {s.window(True, window):.4f} (first {window} steps) -> "
+            f"Train loss {s.window(True, window):.4f} (first {window} step{'s' if window > 1 else ''}) -> "
             f"{s.window(False, window):.4f} (last {window}){eval_part}",
             f"Wrote {self.output_dir}/",
         ]
@@ -82,6 +83,7 @@ class _RunLog:
         self.buffer = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
         self.file: logging.Handler | None = None
         self.logger.addHandler(self.buffer)
+        # The file keeps INFO whatever the console shows (the console handler has its own level).
         if self.logger.level == logging.NOTSET or self.logger.level > logging.INFO:
             self.logger.setLevel(logging.INFO)
 
@@ -98,6 +100,10 @@ class _RunLog:
             if handler is not None:
                 self.logger.removeHandler(handler)
                 handler.close()
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges"))
 
 
 def _enable_activation_checkpointing(model) -> None:
@@ -128,10 +134,14 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     from transformers import set_seed
 
     env = setup_distributed(cfg.distributed)
+    # Every input check that needs no weights comes before the first log line, so that a mistake is
+    # reported alone, at once: the model's name, its tokenizer, every data row, the method's targets
+    # (checked on a weightless copy of the model).
     source = resolve_model(cfg.model)
-    log.info("model: %s", source.describe())
     tokenizer = load_tokenizer(source, cfg.model)
     data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
+    check_method(model_skeleton(source, cfg.model), cfg.peft)
+    log.info("model: %s", source.describe())
     log.info("data: %s from %s (format %s)", data.stats.describe(), data.source, data.format.name)
 
     model = load_causal_lm(source, cfg.model, env.device)
@@ -153,7 +163,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
 
     claim_output_dir(output_dir, overwrite)
     resolved = cfg.model_copy(update={"output_dir": str(output_dir)})
-    (output_dir / RUN_MARKER).write_text(resolved.to_yaml(), encoding="utf-8")
+    (output_dir / CONFIG_FILE).write_text(resolved.to_yaml(), encoding="utf-8")
     run_log.open(output_dir)
     metrics = MetricsLogger(output_dir, tensorboard=cfg.logging.tensorboard)
     try:
@@ -179,15 +189,12 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         metrics.close()
 
     saved = [p.name for p in save_artifacts(model, tokenizer, output_dir)]
-    kind = "model" if cfg.peft.method == "none" else "adapter"
     files = {
-        kind: ", ".join(
-            n for n in saved if not n.startswith(("tokenizer", "special_tokens", "chat_template"))
+        "model" if cfg.peft.method == "none" else "adapter": ", ".join(
+            n for n in saved if not _is_tokenizer_file(n)
         ),
-        "tokenizer": ", ".join(
-            n for n in saved if n.startswith(("tokenizer", "special_tokens", "chat_template"))
-        ),
-        "config": RUN_MARKER,
+        "tokenizer": ", ".join(n for n in saved if _is_tokenizer_file(n)),
+        "config": CONFIG_FILE,
     }
     files["metrics"] = "metrics.jsonl"
     if metrics.tensorboard_dir is not None:
@@ -209,8 +216,8 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         json.dumps(
             {
                 "steps": summary.steps,
-                "first_loss": summary.losses[0] if summary.losses else None,
-                "final_loss": summary.losses[-1] if summary.losses else None,
+                "first_loss": finite_or_none(summary.losses[0]) if summary.losses else None,
+                "final_loss": finite_or_none(summary.losses[-1]) if summary.losses else None,
                 "eval_loss": summary.eval_loss,
                 "train_time_s": summary.train_time_s,
                 "tokens_per_s": summary.tokens_per_s,

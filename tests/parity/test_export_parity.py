@@ -68,9 +68,26 @@ def test_full_finetune_saves_a_plain_model(tmp_path):
     assert "model" in result.files and "model.safetensors" in result.files["model"]
 
 
-def test_activation_checkpointing_keeps_the_losses(tmp_path):
+def test_activation_checkpointing_keeps_the_losses(tmp_path, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    # Count the MLP forwards inside each decoder block (the block itself is wrapped by the checkpointing
+    # machinery): checkpointing runs each training forward once more in backward.
+    calls = {"all": 0, "training": 0}
+    forward = modeling_llama.LlamaMLP.forward
+
+    def counting(self, *args, **kwargs):
+        calls["all"] += 1
+        calls["training"] += torch.is_grad_enabled()
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counting)
     plain = _run(tmp_path / "a", **{"train.lr": 1e-3})
+    plain_calls = dict(calls)
+    calls.update(all=0, training=0)
     checkpointed = _run(tmp_path / "b", **{"train.lr": 1e-3, "train.gradient_checkpointing": True})
+    assert plain_calls["training"] == 3 * 2 * 4  # steps x micro-batches x blocks
+    assert calls["all"] == plain_calls["all"] + plain_calls["training"]  # each one recomputed
     assert checkpointed.summary.losses == pytest.approx(plain.summary.losses, abs=1e-6)
     assert plain.summary.losses[0] != plain.summary.losses[-1]
 

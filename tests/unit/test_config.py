@@ -122,29 +122,52 @@ def test_override_into_a_value_is_an_error():
     assert any("'output_dir' is a value, not a section" in p for p in problems)
 
 
-def test_parse_overrides_forms():
-    parsed = parse_overrides(
-        [
-            "--train.lr=2e-4",
-            "--train.seed",
-            "-1",
-            "--train.progress",
-            "--peft.lora.r",
-            "8",
-            "--data.path",
-            "a b.jsonl",
-        ]
+def test_overrides_are_read_by_field_type():
+    tokens = [
+        "--train.lr=2e-4",
+        "--train.seed", "-1",
+        "--train.progress",
+        "--peft.lora.r", "8",
+        "--data.path", "data #1.jsonl",  # YAML would drop the text after '#'
+        "--generation.prompt", "Note: the",  # YAML would read a mapping
+        "--output_dir", "2024",  # YAML would read a number
+        "--model.revision", "0123",
+        "--peft.lora.target_modules", "[q_proj,v_proj]",
+    ]  # fmt: skip
+    config = build_config({}, parse_overrides(tokens))
+    assert (
+        config.train.lr == pytest.approx(2e-4) and config.train.seed == -1 and config.train.progress is True
     )
-    assert parsed == {
-        "train.lr": "2e-4",  # YAML reads 2e-4 as text; the schema turns it into a float
-        "train.seed": -1,
-        "train.progress": True,
-        "peft.lora.r": 8,
-        "data.path": "a b.jsonl",
-    }
-    assert build_config({}, parsed).train.lr == pytest.approx(2e-4)
+    assert config.peft.lora.r == 8
+    assert config.data.path == "data #1.jsonl"
+    assert config.generation.prompt == "Note: the"
+    assert config.output_dir == "2024" and config.model.revision == "0123"
+    assert config.peft.lora.target_modules == ["q_proj", "v_proj"]
+    assert (
+        build_config({"data": {"path": "x.jsonl"}}, parse_overrides(["--data.path", "null"])).data.path
+        is None
+    )
+    assert build_config({}, parse_overrides(["--generation.prompt", "no"])).generation.prompt == "no"
     with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
         parse_overrides(["stray"])
+
+
+def test_a_forgotten_value_is_an_error_not_true():
+    problems = problems_of(overrides=parse_overrides(["--train.lr", "--data.val_set_size"]))
+    assert problems == [
+        "--train.lr needs a value (e.g. --train.lr VALUE)",
+        "--data.val_set_size needs a value (e.g. --data.val_set_size VALUE)",
+    ]
+    (problem,) = problems_of(overrides=parse_overrides(["--train.epochs", "true"]))
+    assert problem == "train.epochs: expected a number, not true/false (got True)"
+    (problem,) = problems_of({"train": {"lr": True}})
+    assert problem.startswith("train.lr: expected a number")
+
+
+def test_full_finetuning_keeps_fp32_master_weights():
+    (problem,) = problems_of(overrides={"peft.method": "none", "model.dtype": "bfloat16"})
+    assert "model.dtype bfloat16 with peft.method none" in problem and "train.precision bf16" in problem
+    assert build_config({}, {"peft.method": "lora", "model.dtype": "bfloat16"}).model.dtype == "bfloat16"
 
 
 def test_yaml_file_problems(tmp_path):
@@ -154,6 +177,13 @@ def test_yaml_file_problems(tmp_path):
     bad.write_text("train:\n  lr: [1, 2\n")
     with pytest.raises(ConfigError, match=r"bad.yaml' is not valid YAML at line \d+, column \d+"):
         load_config(bad)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ConfigError, match="config file '.*folder' is a folder"):
+        load_config(tmp_path / "folder")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfetrain: 1")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(binary)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping of sections, not list"):
@@ -203,3 +233,8 @@ def test_cli_unknown_flag_is_one_line(capsys):
     assert main(["finetune", "--trian.lr", "1", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err == "llmft: error: config error: unknown key 'trian.lr' - did you mean 'train.lr'?\n"
+
+
+def test_quotes_recipe_is_the_defaults_written_out():
+    recipe = load_config(ROOT / "configs" / "quotes_lora.yaml")
+    assert recipe.model_copy(update={"output_dir": None}) == Config()

@@ -92,6 +92,18 @@ def test_bad_files(tiny_tokenizer, tmp_path):
     other = write_jsonl(tmp_path / "other.jsonl", [{"text": "hello"}])
     with pytest.raises(UserError, match="has no column 'quote', 'author' \\(its columns: text\\)"):
         prepare_data(DataSection(path=str(other)), tiny_tokenizer, seed=0)
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("header.csv", "quote,author\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=f"data.path: '.*{name}' holds no records"):
+            prepare_data(DataSection(path=str(tmp_path / name)), tiny_tokenizer, seed=0)
+    with pytest.raises(UserError, match="is a folder"):
+        prepare_data(DataSection(path=str(tmp_path)), tiny_tokenizer, seed=0)
+    csv = tmp_path / "quotes.csv"
+    csv.write_text('quote,author\n"“A, b.”",C\n')
+    bundle = prepare_data(DataSection(path=str(csv), val_set_size=0), tiny_tokenizer, seed=0)
+    assert (
+        tiny_tokenizer.decode(bundle.train.examples[0].input_ids, skip_special_tokens=True) == "“A, b.” ― C"
+    )
     txt = tmp_path / "data.txt"
     txt.write_text("hello")
     with pytest.raises(UserError, match="suffix '.txt'"):

@@ -77,6 +77,38 @@ def test_folder_without_config(tmp_path):
         resolve_model(ModelSection(name=str(tmp_path)))
 
 
+def test_corrupt_weights_and_missing_tokenizer(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\xff" * 64)
+    cfg = ModelSection(name=str(broken))
+    with pytest.raises(UserError, match="model.name: could not load weights from '.*broken'"):
+        load_causal_lm(resolve_model(cfg), cfg, CPU)
+
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    cfg = ModelSection(name=str(bare))
+    with pytest.raises(UserError, match="has no tokenizer .* save one there with tokenizer.save_pretrained"):
+        load_tokenizer(resolve_model(cfg), cfg)
+
+
+def test_preset_typo_suggests_the_preset(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="did you mean the preset 'tiny-llama'"):
+        resolve_model(ModelSection(name="tiny_llama"))
+
+
+def test_skeleton_reads_no_weights(tiny_model_dir):
+    from llmft.models.loader import model_skeleton
+
+    skeleton = model_skeleton(resolve_model(ModelSection()), ModelSection())
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+    assert "q_proj" in {n.rsplit(".", 1)[-1] for n, _ in skeleton.named_modules()}
+
+
 def test_pad_token_falls_back_when_missing(tiny_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = None
@@ -115,12 +147,18 @@ def test_lora_trains_exactly_the_adapters():
 
 
 def test_lora_unknown_target_lists_the_real_ones():
+    from llmft.models.loader import model_skeleton
+    from llmft.peft.methods import check_method
+
     cfg = PeftSection(method="lora", lora={"target_modules": ["q_proj", "query"]})
-    with pytest.raises(UserError) as info:
+    for model in (_model(), model_skeleton(resolve_model(ModelSection()), ModelSection())):
+        with pytest.raises(UserError) as info:
+            check_method(model, cfg)
+        message = str(info.value)
+        assert "peft.lora.target_modules: 'query' matches no linear layer" in message
+        assert "q_proj" in message and "down_proj" in message
+    with pytest.raises(UserError, match="'query' matches no linear layer"):
         apply_method(_model(), cfg)
-    message = str(info.value)
-    assert "peft.lora.target_modules: 'query' matches no linear layer" in message
-    assert "q_proj" in message and "down_proj" in message
 
 
 def test_method_none_trains_everything():

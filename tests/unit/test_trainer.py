@@ -144,26 +144,52 @@ def test_max_steps_runs_past_one_epoch_and_epochs_stop():
     assert trainer.total_steps == 4 and trainer.fit().steps == 4
 
 
-def test_evaluate_is_the_token_weighted_loss(tiny_model_dir):
+def test_evaluate_is_the_token_weighted_loss_without_dropout():
     examples = _examples(6)
-    model = _model("none")
+    set_seed(0)
+    model = load_causal_lm(resolve_model(ModelSection()), ModelSection(), torch.device("cpu"))
+    # Heavy LoRA dropout: evaluation must switch it off (eval mode), or the result would be random.
+    model = apply_method(model, build_config({}, {"peft.lora.dropout": 0.5}).peft)
+    with torch.no_grad():  # non-zero adapters, so that dropout on their input would show
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
     cfg = TrainSection(micro_batch_size=4, batch_size=4, progress=False, precision="fp32")
     trainer = Trainer(model, cfg, TokenizedDataset(examples), TokenizedDataset(examples), PAD, CPU_ENV)
+    model.eval()
     total, targets = 0.0, 0
     with torch.no_grad():
         for e in examples:
             logits = model(torch.tensor([e.input_ids])).logits
             total += float(token_loss_sum(logits, torch.tensor([e.labels])))
             targets += count_targets(torch.tensor([e.labels]))
+    model.train()
     result = trainer.evaluate()
+    assert model.training  # evaluate() restores the mode it found
     assert result["eval_loss"] == pytest.approx(total / targets, rel=1e-5)
     assert result["eval_ppl"] == pytest.approx(math.exp(total / targets), rel=1e-5)
+    assert trainer.evaluate() == result
 
 
 def test_divergence_is_a_clear_error():
     trainer = _trainer(_model("none"), _examples(8), micro_batch_size=4, batch_size=4, max_steps=50, lr=1e6)
-    with pytest.raises(UserError, match=r"train loss is (nan|inf) at step \d+; lower train.lr"):
+    with pytest.raises(
+        UserError, match=r"(train loss|gradient norm) is (nan|inf) at step \d+; lower train.lr"
+    ):
         trainer.fit()
+
+
+def test_non_finite_gradient_stops_before_the_update():
+    model = _model("lora")
+    trainer = _trainer(model, _examples(4), micro_batch_size=4, batch_size=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.accumulate_gradients(
+        [PadCollator(PAD)([{"input_ids": e.input_ids, "labels": e.labels} for e in _examples(4)])]
+    )
+    next(p for p in model.parameters() if p.requires_grad).grad[0, 0] = float("nan")
+    with pytest.raises(UserError, match="gradient norm is nan at step 1"):
+        trainer.optimizer_step()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 def test_batch_size_must_divide_by_world_size():
@@ -174,18 +200,24 @@ def test_batch_size_must_divide_by_world_size():
 
 
 def test_schedule_warmup_then_decay():
+    # Warmup reaches the peak at its last step; the peak is used once; decay heads for the floor.
     factors = [lr_factor(s, warmup=2, total=6, kind="cosine", min_ratio=0.1) for s in range(6)]
-    assert factors[:3] == [0.5, 1.0, 1.0]
-    assert factors[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(factors[1:], factors[2:]))
+    assert factors[:2] == [0.5, 1.0] and factors[2] < 1.0
+    assert all(a > b for a, b in zip(factors[1:], factors[2:]))
+    assert factors[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 5)))
     linear = [lr_factor(s, warmup=0, total=5, kind="linear", min_ratio=0.0) for s in range(5)]
-    assert linear == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert linear == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])  # no step at lr 0
+    assert [lr_factor(s, warmup=1, total=2, kind="linear", min_ratio=0.0) for s in range(2)] == [1.0, 0.5]
     assert lr_factor(9, warmup=2, total=10, kind="constant", min_ratio=0.0) == 1.0
 
 
-def test_precision_resolution():
+def test_precision_resolution(monkeypatch):
+    from llmft.train import optim
+
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) is torch.bfloat16
-    from llmft.train.optim import cpu_has_fast_bf16
-
-    assert resolve_precision("auto", cpu) is (torch.bfloat16 if cpu_has_fast_bf16() else None)
+    monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) is None

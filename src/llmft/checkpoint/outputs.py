@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 from torch import nn
 
 from llmft.errors import UserError
 
-# Present in every folder llmft writes; --overwrite only ever deletes folders that have it.
-RUN_MARKER = "llmft_config.yaml"
+# A hidden file that only llmft writes, in every run folder. --overwrite deletes a folder only when
+# it holds this file: a folder that merely contains a config named like ours (a user's project
+# folder, say) is never deleted.
+RUN_MARKER = ".llmft-run"
+# The resolved config of the run, reusable with `llmft finetune --config`.
+CONFIG_FILE = "llmft_config.yaml"
+# Loaders look for these first; they are moved into place last, so a folder that has one is whole.
+_INDEX_FILES = ("adapter_config.json", "config.json")
+
+
+def _writable_parent(path: Path) -> None:
+    """Refuse a path whose nearest existing ancestor is a file or cannot be written."""
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(
+            f"output_dir: '{path}' lies under '{ancestor}', which is a file; choose another --output_dir"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(
+            f"output_dir: cannot write in '{ancestor}' (permission denied); choose another --output_dir"
+        )
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output folder that would lose an earlier run or foreign files."""
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir: '{path}' is a file, not a folder; choose another --output_dir")
+    _writable_parent(path)
     if not path.is_dir() or not any(path.iterdir()):
         return
     if not (path / RUN_MARKER).is_file():
@@ -33,29 +58,36 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
 
 
 def claim_output_dir(path: Path, overwrite: bool) -> Path:
-    """Create the folder, clearing an earlier run when ``overwrite`` allows (checked again here)."""
+    """Create the run folder with its marker, clearing an earlier run when ``overwrite`` allows."""
     check_output_dir(path, overwrite)
-    if path.is_dir() and any(path.iterdir()):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.is_dir() and any(path.iterdir()):
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        marker = {"run_id": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (path / RUN_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"output_dir: cannot create '{path}': {exc.strerror or exc}") from None
     return path
 
 
 def save_artifacts(model: nn.Module, tokenizer, output_dir: Path) -> list[Path]:
     """Save the trained model (a PEFT adapter, or the whole model) and the tokenizer into ``output_dir``.
 
-    Files are written to a temporary folder first and moved into place once complete, so an
-    interrupted save never leaves a half-written adapter where a reader expects a whole one.
+    Everything is written to a staging folder first and then moved into place, weights before the
+    config files that loaders read first (``adapter_config.json`` / ``config.json``): an interrupted
+    save leaves either no loadable model or a whole one, never a config without its weights.
     """
     staging = output_dir / ".export-tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
+    items = sorted(staging.iterdir(), key=lambda p: (p.name in _INDEX_FILES, p.name))
     written = []
-    for item in sorted(staging.iterdir()):
+    for item in items:
         target = output_dir / item.name
-        if target.is_dir() and not item.is_dir():
+        if target.is_dir():
             shutil.rmtree(target)
         os.replace(item, target)
         written.append(target)

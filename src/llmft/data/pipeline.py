@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -41,7 +41,6 @@ class DataStats:
     tokens: int = 0
     trained_tokens: int = 0
     truncated: int = 0
-    extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         share = self.trained_tokens / max(self.tokens, 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -25,22 +24,26 @@ def load_records(path: str | Path, columns: tuple[str, ...]):
     """
     import datasets  # heavy; imported when data is actually read
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data.path: file '{path}' not found; pass an existing JSON/JSONL/CSV/Parquet file")
+    if path.is_dir():
+        raise UserError(f"data.path: '{path}' is a folder; pass a JSON/JSONL/CSV/Parquet file")
     builder = _BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise UserError(
             f"data.path: '{path}' has suffix '{path.suffix}'; use one of {', '.join(sorted(_BUILDERS))}"
         )
-    # Reading a local file needs no network; keep `datasets` from trying one anyway.
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if builder != "parquet" and not path.read_bytes().strip():
+        raise UserError(f"data.path: '{path}' holds no records")
     datasets.disable_progress_bars()
     try:
         records = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parser errors in several exception types
         cause = exc.__cause__ or exc
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if "corresponds to no data" in str(exc):  # e.g. a CSV with a header and no rows
+            raise UserError(f"data.path: '{path}' holds no records") from None
         raise UserError(f"data.path: '{path}' could not be read as {builder.upper()}: {reason}") from None
     missing = [c for c in columns if c not in records.column_names]
     if missing:

@@ -44,7 +44,11 @@ def resolve_device(setting: str) -> torch.device:
 
 def setup_distributed(cfg: DistributedSection) -> DistEnv:
     """The layout for ``cfg.strategy``; refuses a multi-process launch it cannot serve."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world_size = int(raw)
+    except ValueError:
+        raise UserError(f"WORLD_SIZE '{raw}' is not a number; unset it, or launch with torchrun") from None
     if world_size > 1:
         raise UserError(
             f"distributed.strategy: launched as {world_size} processes (WORLD_SIZE={world_size}, e.g. by "

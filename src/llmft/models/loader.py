@@ -6,6 +6,7 @@ is first materialised into a local folder (:mod:`llmft.models.presets`).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from llmft.models.presets import PRESETS, materialize
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Any one of these makes a folder's tokenizer loadable by AutoTokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,18 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _hub_error(name: str, exc: BaseException) -> UserError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = _first_line(exc)
+    close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.7)
+    if close:
+        return UserError(
+            f"model.name: '{name}' is not a preset or a folder - did you mean the preset '{close[0]}'?"
+        )
     if "trust_remote_code" in str(exc):
         return UserError(
             f"model.name: '{name}' ships its own code; review it, then pass --model.trust_remote_code true"
@@ -88,6 +101,11 @@ def load_tokenizer(source: ModelSource, cfg: ModelSection):
     """
     from transformers import AutoTokenizer
 
+    if source.kind != "hub" and not any((Path(source.ref) / name).is_file() for name in _TOKENIZER_FILES):
+        raise UserError(
+            f"model.name: folder '{source.ref}' has no tokenizer ({', '.join(_TOKENIZER_FILES)}); "
+            f"save one there with tokenizer.save_pretrained('{source.ref}')"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source.ref, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
@@ -95,15 +113,49 @@ def load_tokenizer(source: ModelSource, cfg: ModelSection):
     except Exception as exc:
         if source.kind == "hub":
             raise _hub_error(source.ref, exc) from None
-        raise UserError(f"model.name: no usable tokenizer in '{source.ref}': {exc}") from None
+        raise UserError(f"model.name: no usable tokenizer in '{source.ref}': {_first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
 
 
+def _not_causal(name: str) -> UserError:
+    return UserError(
+        f"model.name: '{name}' is not a causal language model (no AutoModelForCausalLM class for it); "
+        f"llmft fine-tunes LLaMA-family decoder models"
+    )
+
+
+def model_skeleton(source: ModelSource, cfg: ModelSection):
+    """The model's modules on the meta device, built from its config alone: no weights are read.
+
+    Lets the run check a method against the model (its layer names) before loading gigabytes.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(
+            source.ref, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise _not_causal(source.name) from None
+        raise UserError(
+            f"model.name: the config of '{source.ref}' is not usable: {_first_line(exc)}"
+        ) from None
+    except OSError as exc:
+        if source.kind == "hub":
+            raise _hub_error(source.ref, exc) from None
+        raise UserError(
+            f"model.name: the config of '{source.ref}' is not usable: {_first_line(exc)}"
+        ) from None
+
+
 def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device):
-    """The causal LM on ``device`` in ``model.dtype``; every parameter frozen-or-not as loaded."""
+    """The causal LM on ``device`` in ``model.dtype``, every weight as stored."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -116,13 +168,20 @@ def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device)
         )
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
-            raise UserError(
-                f"model.name: '{source.name}' is not a causal language model (no AutoModelForCausalLM "
-                f"class for it); llmft fine-tunes LLaMA-family decoder models"
-            ) from None
-        raise
+            raise _not_causal(source.name) from None
+        raise UserError(
+            f"model.name: could not load weights from '{source.ref}': {_first_line(exc)}"
+        ) from None
     except OSError as exc:
         if source.kind == "hub":
             raise _hub_error(source.ref, exc) from None
-        raise UserError(f"model.name: could not load weights from '{source.ref}': {exc}") from None
+        raise UserError(
+            f"model.name: could not load weights from '{source.ref}': {_first_line(exc)}"
+        ) from None
+    except Exception as exc:  # e.g. safetensors' SafetensorError for a truncated or corrupt file
+        if type(exc).__module__.startswith(("safetensors", "huggingface_hub")):
+            raise UserError(
+                f"model.name: could not load weights from '{source.ref}': {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+        raise
     return model.to(device)

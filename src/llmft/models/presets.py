@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ class Preset:
     init_std: float = 0.02
     init_seed: int = 0
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def folder_name(self) -> str:

@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from llmft.config import PeftSection
@@ -46,20 +45,38 @@ def _full(model: nn.Module, cfg: PeftSection) -> nn.Module:
     return model
 
 
+def _lora_target_problem(model: nn.Module, cfg: PeftSection) -> str | None:
+    targets = cfg.lora.target_modules
+    if not isinstance(targets, list):
+        return None  # 'all-linear': PEFT picks them
+    available = linear_module_names(model)
+    missing = [name for name in targets if name not in available]
+    if not missing:
+        return None
+    return (
+        f"peft.lora.target_modules: {', '.join(repr(m) for m in missing)} matches no linear layer of the "
+        f"model; its linear layers are: {', '.join(available)} (or use 'all-linear')"
+    )
+
+
+# Checks of a method against the model, runnable on a weightless (meta-device) copy.
+_CHECKS: dict[str, Callable[[nn.Module, PeftSection], str | None]] = {"lora": _lora_target_problem}
+
+
+def check_method(model: nn.Module, cfg: PeftSection) -> None:
+    """Raise a UserError if ``cfg`` cannot apply to ``model`` (which may live on the meta device)."""
+    check = _CHECKS.get(cfg.method)
+    problem = check(model, cfg) if check else None
+    if problem:
+        raise UserError(problem)
+
+
 @register("lora")
 def _lora(model: nn.Module, cfg: PeftSection) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    check_method(model, cfg)
     lora = cfg.lora
-    if isinstance(lora.target_modules, list):
-        # Check names against the model before PEFT does, so the error can list what exists.
-        available = linear_module_names(model)
-        missing = [name for name in lora.target_modules if name not in available]
-        if missing:
-            raise UserError(
-                f"peft.lora.target_modules: {', '.join(repr(m) for m in missing)} matches no linear layer "
-                f"of the model; its linear layers are: {', '.join(available)} (or use 'all-linear')"
-            )
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -76,11 +93,7 @@ def _lora(model: nn.Module, cfg: PeftSection) -> nn.Module:
 
 def apply_method(model: nn.Module, cfg: PeftSection) -> nn.Module:
     """Apply ``cfg.method`` to ``model`` and return the model to train."""
-    try:
-        transform = _METHODS[cfg.method]
-    except KeyError:
-        raise UserError(f"peft.method: unknown method {cfg.method!r}; known: {', '.join(_METHODS)}") from None
-    return transform(model, cfg)
+    return _METHODS[cfg.method](model, cfg)
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,3 @@ def count_parameters(model: nn.Module) -> ParameterCount:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return ParameterCount(trainable, total)
-
-
-def trainable_parameters(model: nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]

@@ -11,6 +11,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def finite_or_none(value: Any) -> Any:
+    """A float that JSON can hold: NaN and infinities become null (a step with no target tokens)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 class MetricsLogger:
     """Writes each row to metrics.jsonl (flushed at once, so a crash keeps what was logged) and to
     TensorBoard under ``train/`` or ``eval/``."""
@@ -27,12 +32,13 @@ class MetricsLogger:
             self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
 
     def log(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
+        row = {key: finite_or_none(value) for key, value in row.items()}
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
         if self._writer is not None:
             step = row["step"]
             for key, value in row.items():
-                if key == "step" or not isinstance(value, (int, float)):
+                if key == "step" or value is None or not isinstance(value, (int, float)):
                     continue
                 tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
                 self._writer.add_scalar(tag, value, step)
@@ -56,7 +62,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:

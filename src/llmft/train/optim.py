@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from llmft.config import TrainSection
+from llmft.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ def build_optimizer(model: nn.Module, cfg: TrainSection, device: torch.device) -
         if g["params"]
     ]
     if not groups:
-        from llmft.errors import UserError
-
         raise UserError("no parameter is trainable; check peft.method and its settings")
     kwargs = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     fused = device.type in {"cuda", "cpu"} and all(p.is_floating_point() for g in groups for p in g["params"])
@@ -53,16 +52,18 @@ def warmup_steps(cfg: TrainSection, total_steps: int) -> int:
 def lr_factor(step: int, warmup: int, total: int, kind: str, min_ratio: float) -> float:
     """Multiplier of the peak lr for the optimizer step with index ``step`` (0-based).
 
-    Linear warmup from lr/warmup to lr, then cosine or linear decay to ``min_ratio * lr`` at the last
-    step. Written as one lambda (not transformers' schedulers) because those have no floor for linear
-    decay, and the floor must mean the same for every schedule.
+    Linear warmup over the first ``warmup`` steps reaches the peak at the last of them (at step 0 when
+    there is no warmup); no step runs at lr 0. From the peak, cosine or linear decay heads for
+    ``min_ratio`` and would reach it one step after the last, as transformers' and torchtune's
+    schedules do, so the peak is used once and the last step still learns. Written as one lambda (not
+    transformers' schedulers) because those have no floor for linear decay and start warmup at lr 0.
     """
     if warmup and step < warmup:
         return (step + 1) / warmup
     if kind == "constant":
         return 1.0
-    span = max(total - warmup - 1, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
+    peak = max(warmup - 1, 0)
+    progress = min((step - peak) / (total - peak), 1.0)
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
     return min_ratio + (1.0 - min_ratio) * shape
 

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from llmft.config import TrainSection
+from llmft.config import TrainSection, batch_problem
 from llmft.data.pipeline import TokenizedDataset, eval_loader, train_loader
 from llmft.distributed.env import DistEnv
 from llmft.errors import UserError
@@ -67,14 +67,10 @@ class TrainSummary:
 
 def accumulation_steps(cfg: TrainSection, world_size: int) -> int:
     """Micro-batches per process per optimizer step: batch_size / (micro_batch_size x world size)."""
-    per_step = cfg.micro_batch_size * world_size
-    if cfg.batch_size % per_step:
-        raise UserError(
-            f"train.batch_size ({cfg.batch_size}) must be a multiple of train.micro_batch_size x world size "
-            f"({cfg.micro_batch_size} x {world_size} = {per_step}); e.g. --train.batch_size "
-            f"{max(1, cfg.batch_size // per_step) * per_step}"
-        )
-    return cfg.batch_size // per_step
+    problem = batch_problem(cfg.batch_size, cfg.micro_batch_size, world_size)
+    if problem:
+        raise UserError(problem)
+    return cfg.batch_size // (cfg.micro_batch_size * world_size)
 
 
 class Trainer:
@@ -157,13 +153,21 @@ class Trainer:
         return self.env.sum(total), global_targets
 
     def optimizer_step(self) -> float:
-        """Clip, step the optimizer and the schedule, clear gradients; returns the pre-clip norm."""
+        """Clip, step the optimizer and the schedule, clear gradients; returns the pre-clip norm.
+
+        A non-finite gradient norm stops the run before the step would write NaN into the weights.
+        """
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm))
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(
+                f"gradient norm is {grad_norm} at step {self.step + 1}; lower train.lr (now {self.cfg.lr:g}), "
+                f"keep train.max_grad_norm set, or use train.precision fp32"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return grad_norm
 
     def train_step(self, micro_batches: list[Batch]) -> StepResult:
         started = time.perf_counter()
@@ -196,7 +200,9 @@ class Trainer:
                 if len(group) == self.accumulation_steps:
                     yield epoch, group
                     group = []
-            if group:  # a last, smaller global batch: token weighting keeps it exact
+            if group:
+                # The epoch's remainder is a step of its own (nothing is dropped): a smaller batch
+                # whose gradient is the mean over its own target tokens, like HF Trainer's last step.
                 yield epoch, group
             epoch += 1
             if self.cfg.max_steps is None and epoch >= self.cfg.epochs:

@@ -1,0 +1,251 @@
+"""The schema of a run: one pydantic model per config section.
+
+Unknown keys are errors (``extra="forbid"``); numbers accept numeric text (YAML reads ``1e-4`` as
+text) but never ``true``/``false``; checks that span fields raise messages that name every field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from llmft.data.formats import format_problem
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic would read true as 1: a forgotten value (`--train.lr` alone) must not become lr 1.0.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
+
+
+def batch_problem(batch_size: int, micro_batch_size: int, world_size: int = 1) -> str | None:
+    """Why a global batch cannot be split into micro-batches over ``world_size`` processes, or None."""
+    per_step = micro_batch_size * world_size
+    if batch_size % per_step == 0:
+        return None
+    suggestion = max(1, round(batch_size / per_step)) * per_step
+    over = (
+        f" x world size ({micro_batch_size} x {world_size} = {per_step})"
+        if world_size > 1
+        else f" ({per_step})"
+    )
+    return (
+        f"train.batch_size ({batch_size}) must be a multiple of train.micro_batch_size{over}; "
+        f"e.g. --train.batch_size {suggestion}"
+    )
+
+
+# Transformer projection names of the LLaMA family; the default LoRA targets (all linear layers of a
+# block, as QLoRA recommends; alpaca-lora's [q_proj, v_proj] is one flag away).
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelSection(_Section):
+    """Which model to fine-tune and how to load it."""
+
+    name: str = Field(
+        "tiny-llama",
+        description="A built-in preset (tiny-llama), a local Hugging Face model folder, or a hub id.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
+    trust_remote_code: bool = Field(
+        False, description="Allow a model folder's own Python code to run; off unless you trust it."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Storage dtype of the base weights. Trainable weights (adapters) stay float32.",
+    )
+    attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel.")
+
+
+class DataSection(_Section):
+    """Where the training records come from and how they become token sequences."""
+
+    format: str = Field("quotes", description="A registered data format: quotes (english_quotes records).")
+    path: str | None = Field(
+        None, description="A local JSON, JSONL, CSV or Parquet file; empty: the format's bundled sample."
+    )
+    val_set_size: Int | Float = Field(
+        0.1, description="Validation records held out: a count (int) or a fraction in (0, 1); 0 for none."
+    )
+    max_seq_len: Int = Field(256, ge=8, description="Longer records are truncated (and counted).")
+    max_samples: Int | None = Field(None, ge=1, description="Use only the first N records.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        problem = format_problem(value)
+        if problem:
+            raise ValueError(problem.split(": ", 1)[1])
+        return value
+
+    @field_validator("val_set_size")
+    @classmethod
+    def _check_val_set_size(cls, value: float) -> float:
+        if isinstance(value, float):
+            if value == 0:
+                return 0
+            if not 0.0 < value < 1.0:
+                raise ValueError("a fraction must lie in (0, 1); for a count of records use an integer")
+        elif value < 0:
+            raise ValueError("must be 0 (no validation split), a count, or a fraction in (0, 1)")
+        return value
+
+
+class LoraSection(_Section):
+    """LoRA hyperparameters (HF PEFT's LoraConfig)."""
+
+    r: Int = Field(16, ge=1, description="Rank of the low-rank update.")
+    alpha: Float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: Float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: list(LLAMA_LINEAR_MODULES),
+        description="Module names to adapt (e.g. [q_proj, v_proj]) or 'all-linear'.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # `--peft.lora.target_modules q_proj,v_proj` arrives as one string.
+        if isinstance(value, str) and value != "all-linear":
+            return [part.strip() for part in value.strip("[]").split(",") if part.strip()]
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one module, e.g. [q_proj, v_proj], or use 'all-linear'")
+        return value
+
+
+class PeftSection(_Section):
+    """Parameter-efficient method; 'none' trains the model's own weights."""
+
+    method: Literal["lora", "none"] = Field("lora", description="'lora' or 'none' (full fine-tuning).")
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+
+class TrainSection(_Section):
+    """The optimisation: batch sizes, schedule, precision, evaluation cadence."""
+
+    epochs: Int = Field(3, ge=1, description="Passes over the training split (unless max_steps stops first).")
+    max_steps: Int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps; overrides epochs when set."
+    )
+    micro_batch_size: Int = Field(4, ge=1, description="Sequences per forward/backward pass per process.")
+    batch_size: Int = Field(
+        8,
+        ge=1,
+        description="Global batch (sequences per optimizer step over all processes); "
+        "gradient accumulation = batch_size / (micro_batch_size x world size).",
+    )
+    lr: Float = Field(
+        3e-4, gt=0, description="Peak learning rate (3e-4 suits LoRA; full fine-tuning wants about 2e-5)."
+    )
+    weight_decay: Float = Field(0.0, ge=0, description="AdamW decoupled weight decay (matrices only).")
+    adam_beta1: Float = Field(0.9, ge=0, lt=1)
+    adam_beta2: Float = Field(0.999, ge=0, lt=1)
+    adam_eps: Float = Field(1e-8, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_steps: Int | None = Field(None, ge=0, description="Linear warmup steps; overrides warmup_ratio.")
+    warmup_ratio: Float = Field(0.05, ge=0, le=1, description="Warmup as a share of all steps.")
+    min_lr_ratio: Float = Field(0.0, ge=0, le=1, description="Cosine/linear decay floor, as a share of lr.")
+    max_grad_norm: Float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm; null: no clip."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Autocast compute dtype. auto: bf16 where the device computes it fast "
+        "(CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.",
+    )
+    seed: Int = Field(42, description="Seeds data order, dropout and every random choice.")
+    eval_every: Int = Field(
+        50, ge=0, description="Evaluate every N steps (and at the end); 0: only at the end."
+    )
+    log_every: Int = Field(1, ge=1, description="Write a metrics row every N steps.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    progress: bool = Field(True, description="Draw a live progress bar.")
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> TrainSection:
+        problem = batch_problem(self.batch_size, self.micro_batch_size)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+class DistributedSection(_Section):
+    """Process layout. Only one process today; DDP and FSDP arrive as further strategies."""
+
+    strategy: Literal["single"] = Field("single", description="single: one process on one device.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
+
+
+class GenerationSection(_Section):
+    """The sample generated at the end of a run."""
+
+    prompt: str | None = Field(None, description="Prompt; empty means the data format's own example.")
+    max_new_tokens: Int = Field(48, ge=1)
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: Float = Field(0.8, gt=0)
+    top_p: Float = Field(0.95, gt=0, le=1)
+
+
+class LoggingSection(_Section):
+    """Where metrics go besides metrics.jsonl."""
+
+    tensorboard: bool = True
+    plot: bool = True
+
+
+class Config(_Section):
+    """The whole run."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    peft: PeftSection = Field(default_factory=PeftSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    output_dir: str | None = Field(
+        None, description="Run folder; empty means runs/<model>-<format>-<method>."
+    )
+
+    @model_validator(mode="after")
+    def _check_full_finetune_dtype(self) -> Config:
+        if self.peft.method == "none" and self.model.dtype != "float32":
+            raise ValueError(
+                f"model.dtype {self.model.dtype} with peft.method none would train {self.model.dtype} weights "
+                f"directly, and most small updates round away; keep model.dtype float32 and use "
+                f"train.precision bf16 (autocast computes in bf16 and keeps fp32 master weights)"
+            )
+        return self
+
+    def resolved_output_dir(self) -> Path:
+        """The run folder: the configured one, or a name derived from model, data and method."""
+        if self.output_dir:
+            return Path(self.output_dir).expanduser()
+        model = Path(self.model.name.rstrip("/")).name or "model"
+        fmt = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.data.format)
+        return Path("runs") / f"{model}-{fmt}-{self.peft.method}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
