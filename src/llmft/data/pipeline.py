@@ -125,11 +125,29 @@ def train_loader(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """Shuffled micro-batches; call ``loader.sampler.set_epoch(e)`` for each epoch's new order."""
+    """Shuffled micro-batches; call ``loader.sampler.set_epoch(e)`` for each epoch's new order.
+
+    ``pin_memory`` (for CUDA) lets the trainer's ``non_blocking`` copies overlap with compute.
+    """
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=micro_batch_size, sampler=sampler, collate_fn=PadCollator(pad_id))
+    return DataLoader(
+        dataset,
+        batch_size=micro_batch_size,
+        sampler=sampler,
+        collate_fn=PadCollator(pad_id),
+        pin_memory=pin_memory,
+    )
 
 
-def eval_loader(dataset: TokenizedDataset, micro_batch_size: int, pad_id: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=micro_batch_size, shuffle=False, collate_fn=PadCollator(pad_id))
+def eval_loader(
+    dataset: TokenizedDataset, micro_batch_size: int, pad_id: int, pin_memory: bool = False
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=micro_batch_size,
+        shuffle=False,
+        collate_fn=PadCollator(pad_id),
+        pin_memory=pin_memory,
+    )

@@ -103,10 +103,13 @@ class Trainer:
         self.metrics = metrics if env.is_main else None
         self.compute_dtype = compute_dtype
         self.accumulation_steps = accumulation_steps(cfg, env.world_size)
+        pin = env.device.type == "cuda"
         self.train_loader = train_loader(
-            train_data, cfg.micro_batch_size, pad_id, cfg.seed, env.rank, env.world_size
+            train_data, cfg.micro_batch_size, pad_id, cfg.seed, env.rank, env.world_size, pin_memory=pin
         )
-        self.val_loader = eval_loader(val_data, cfg.micro_batch_size, pad_id) if val_data else None
+        self.val_loader = (
+            eval_loader(val_data, cfg.micro_batch_size, pad_id, pin_memory=pin) if val_data else None
+        )
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation_steps)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.parameters = [p for p in model.parameters() if p.requires_grad]

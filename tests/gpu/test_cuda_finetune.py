@@ -1,0 +1,39 @@
+"""The same run on a CUDA device: bf16 autocast where supported, fused AdamW, outputs that load.
+
+Skipped where no CUDA device exists (this project's CI machine); run on a GPU machine with
+`make test PYTEST_ARGS=tests/gpu`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmft.config import build_config
+from llmft.finetune import finetune
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible"),
+]
+
+
+def test_lora_on_cuda(tmp_path):
+    cfg = build_config(
+        {},
+        {
+            "train.max_steps": 20,
+            "train.lr": 1e-3,
+            "train.progress": False,
+            "logging.tensorboard": False,
+            "generation.max_new_tokens": 4,
+            "output_dir": str(tmp_path / "run"),
+        },
+    )
+    result = finetune(cfg)
+    assert result.device.startswith("cuda")
+    assert result.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert next(p for p in result.model.parameters() if p.requires_grad).device.type == "cuda"
+    losses = result.summary.losses
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
+    assert (result.output_dir / "adapter_model.safetensors").is_file()
