@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from llmft.errors import UserError
+from llmft.models.presets import quiet_progress_bars
 
 # A hidden file that only llmft writes, in every run folder. --overwrite deletes a folder only when
 # it holds this file: a folder that merely contains a config named like ours (a user's project
@@ -81,8 +82,9 @@ def save_artifacts(model: nn.Module, tokenizer, output_dir: Path) -> list[Path]:
     staging = output_dir / ".export-tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
+    with quiet_progress_bars():
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     items = sorted(staging.iterdir(), key=lambda p: (p.name in _INDEX_FILES, p.name))
     written = []
     for item in items:

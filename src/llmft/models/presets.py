@@ -8,11 +8,13 @@ records that folder as its base (``PeftModel.from_pretrained`` finds it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -60,6 +62,20 @@ PRESETS: dict[str, Preset] = {
         description="LlamaForCausalLM, 4 layers, hidden 256, GQA 8/4 heads, byte-level BPE vocab 1948",
     ),
 }
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars (e.g. "Writing model shards") for saves that take no time."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def llmft_home() -> Path:
@@ -116,7 +132,8 @@ def materialize(preset: Preset) -> Path:
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        model.save_pretrained(tmp)
+        with quiet_progress_bars():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
             os.rename(tmp, target)
@@ -124,7 +141,7 @@ def materialize(preset: Preset) -> Path:
             # Another process materialised it first; theirs is identical.
             if not (target / "model.safetensors").is_file():
                 raise
-        log.info("materialised preset %s in %s", preset.name, target)
+        log.debug("materialised preset %s in %s", preset.name, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
