@@ -161,27 +161,30 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[cfg.model.dtype]
     )
 
+    # The trainer checks the batch layout and that something trains, still before any file is written.
+    trainer = Trainer(
+        model, cfg.train, data.train, data.val, tokenizer.pad_token_id, env, None, compute_dtype
+    )
+    log.info(
+        "training: %d steps (%d per epoch), global batch %d = %d micro x %d accumulation x %d process(es), "
+        "%s on %s",
+        trainer.total_steps,
+        trainer.steps_per_epoch,
+        cfg.train.batch_size,
+        cfg.train.micro_batch_size,
+        trainer.accumulation_steps,
+        env.world_size,
+        precision,
+        env.device,
+    )
+
     claim_output_dir(output_dir, overwrite)
     resolved = cfg.model_copy(update={"output_dir": str(output_dir)})
     (output_dir / CONFIG_FILE).write_text(resolved.to_yaml(), encoding="utf-8")
     run_log.open(output_dir)
     metrics = MetricsLogger(output_dir, tensorboard=cfg.logging.tensorboard)
+    trainer.attach_metrics(metrics)
     try:
-        trainer = Trainer(
-            model, cfg.train, data.train, data.val, tokenizer.pad_token_id, env, metrics, compute_dtype
-        )
-        log.info(
-            "training: %d steps (%d per epoch), global batch %d = %d micro x %d accumulation x %d process(es), "
-            "%s on %s",
-            trainer.total_steps,
-            trainer.steps_per_epoch,
-            cfg.train.batch_size,
-            cfg.train.micro_batch_size,
-            trainer.accumulation_steps,
-            env.world_size,
-            precision,
-            env.device,
-        )
         started = time.perf_counter()
         summary = trainer.fit()
         log.info("trained in %.1fs", time.perf_counter() - started)

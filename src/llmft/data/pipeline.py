@@ -132,22 +132,17 @@ def train_loader(
     ``pin_memory`` (for CUDA) lets the trainer's ``non_blocking`` copies overlap with compute.
     """
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return eval_loader(dataset, micro_batch_size, pad_id, pin_memory, sampler=sampler)
+
+
+def eval_loader(
+    dataset: TokenizedDataset, micro_batch_size: int, pad_id: int, pin_memory: bool = False, sampler=None
+) -> DataLoader:
+    """Padded micro-batches in file order (or in ``sampler``'s order)."""
     return DataLoader(
         dataset,
         batch_size=micro_batch_size,
         sampler=sampler,
-        collate_fn=PadCollator(pad_id),
-        pin_memory=pin_memory,
-    )
-
-
-def eval_loader(
-    dataset: TokenizedDataset, micro_batch_size: int, pad_id: int, pin_memory: bool = False
-) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=micro_batch_size,
-        shuffle=False,
         collate_fn=PadCollator(pad_id),
         pin_memory=pin_memory,
     )

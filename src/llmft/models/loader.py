@@ -6,9 +6,11 @@ is first materialised into a local folder (:mod:`llmft.models.presets`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -127,6 +129,27 @@ def _not_causal(name: str) -> UserError:
     )
 
 
+@contextlib.contextmanager
+def _loading(source: ModelSource, what: str) -> Iterator[None]:
+    """Turn the ways a model folder or hub id fails to load into one-line user errors."""
+    try:
+        yield
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise _not_causal(source.name) from None
+        raise UserError(f"model.name: {what} '{source.ref}': {_first_line(exc)}") from None
+    except OSError as exc:
+        if source.kind == "hub":
+            raise _hub_error(source.ref, exc) from None
+        raise UserError(f"model.name: {what} '{source.ref}': {_first_line(exc)}") from None
+    except Exception as exc:  # e.g. safetensors' SafetensorError for a truncated or corrupt file
+        if type(exc).__module__.startswith(("safetensors", "huggingface_hub")):
+            raise UserError(
+                f"model.name: {what} '{source.ref}': {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+        raise
+
+
 def model_skeleton(source: ModelSource, cfg: ModelSection):
     """The model's modules on the meta device, built from its config alone: no weights are read.
 
@@ -134,31 +157,19 @@ def model_skeleton(source: ModelSource, cfg: ModelSection):
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    try:
+    with _loading(source, "no usable config in"):
         config = AutoConfig.from_pretrained(
             source.ref, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
-    except ValueError as exc:
-        if "Unrecognized configuration class" in str(exc):
-            raise _not_causal(source.name) from None
-        raise UserError(
-            f"model.name: the config of '{source.ref}' is not usable: {_first_line(exc)}"
-        ) from None
-    except OSError as exc:
-        if source.kind == "hub":
-            raise _hub_error(source.ref, exc) from None
-        raise UserError(
-            f"model.name: the config of '{source.ref}' is not usable: {_first_line(exc)}"
-        ) from None
 
 
 def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device):
     """The causal LM on ``device`` in ``model.dtype``, every weight as stored."""
     from transformers import AutoModelForCausalLM
 
-    try:
+    with _loading(source, "could not load weights from"):
         model = AutoModelForCausalLM.from_pretrained(
             source.ref,
             revision=cfg.revision,
@@ -166,22 +177,4 @@ def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device)
             dtype=DTYPES[cfg.dtype],
             attn_implementation=cfg.attn_implementation,
         )
-    except ValueError as exc:
-        if "Unrecognized configuration class" in str(exc):
-            raise _not_causal(source.name) from None
-        raise UserError(
-            f"model.name: could not load weights from '{source.ref}': {_first_line(exc)}"
-        ) from None
-    except OSError as exc:
-        if source.kind == "hub":
-            raise _hub_error(source.ref, exc) from None
-        raise UserError(
-            f"model.name: could not load weights from '{source.ref}': {_first_line(exc)}"
-        ) from None
-    except Exception as exc:  # e.g. safetensors' SafetensorError for a truncated or corrupt file
-        if type(exc).__module__.startswith(("safetensors", "huggingface_hub")):
-            raise UserError(
-                f"model.name: could not load weights from '{source.ref}': {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
-        raise
     return model.to(device)

@@ -100,7 +100,8 @@ class Trainer:
         self.model = model
         self.cfg = cfg
         self.env = env
-        self.metrics = metrics if env.is_main else None
+        self.metrics: MetricsLogger | None = None
+        self.attach_metrics(metrics)
         self.compute_dtype = compute_dtype
         self.accumulation_steps = accumulation_steps(cfg, env.world_size)
         pin = env.device.type == "cuda"
@@ -117,6 +118,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.step = 0
         self._evaluated_at = -1
+
+    def attach_metrics(self, metrics: MetricsLogger | None) -> None:
+        """Send rows to ``metrics`` from now on (only the main process writes)."""
+        self.metrics = metrics if self.env.is_main else None
 
     # ---------------------------------------------------------------------------------------------
     # One step, in two parts that tests can also call on their own.
