@@ -7,6 +7,7 @@ Subcommands take ``--config FILE.yaml`` plus dotted overrides of any config fiel
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -16,15 +17,24 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from llmft import __version__
-from llmft.config import Config, load_config, parse_overrides
+from llmft.config import Config, load_config, parse_overrides, schema_paths
 from llmft.errors import EXIT_USER_ERROR, UserError
 
 
 def _type_name(annotation) -> str:
-    text = str(annotation).replace("typing.", "")
-    if isinstance(annotation, type):
-        text = annotation.__name__
-    return text.replace("NoneType", "null").replace("Literal", "one of ")
+    """A readable type for --help: int, float | null, one of ['a', 'b']."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    args = typing.get_args(annotation)
+    if (
+        args
+        and typing.get_origin(annotation) is not typing.Literal
+        and typing.get_origin(annotation) is not list
+    ):
+        return " | ".join(_type_name(a) for a in args)
+    if isinstance(annotation, type) and not args:
+        return "null" if annotation is type(None) else annotation.__name__
+    return str(annotation).replace("typing.", "").replace("Literal", "one of ")
 
 
 def config_reference(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -36,8 +46,7 @@ def config_reference(model: type[BaseModel] = Config, prefix: str = "") -> list[
             lines.extend(config_reference(annotation, f"{prefix}{name}."))
             continue
         default = field.get_default(call_default_factory=True)
-        args = typing.get_args(annotation)
-        kind = _type_name(annotation) if not args else " | ".join(_type_name(a) for a in args)
+        kind = _type_name(annotation)
         lines.append(f"  --{prefix}{name} {kind} (default {default!r}) {field.description or ''}".rstrip())
     return lines
 
@@ -76,10 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in output_dir (it is deleted)"
     )
-    _config_parser(
+    validate = _config_parser(
         sub, "validate", "Check a config (llmft validate CONFIG [overrides], or --config) without running it."
     )
+    parser.commands = {"finetune": finetune, "validate": validate}
     return parser
+
+
+def _check_flag_typos(command: argparse.ArgumentParser, tokens: list[str]) -> None:
+    """`--overwrit` is a typo of the command's own flag, not an unknown config key."""
+    flags = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+    fields = set(schema_paths())
+    for token in tokens:
+        key = token[2:].split("=", 1)[0] if token.startswith("--") else ""
+        if key and "." not in key and key not in fields:
+            close = difflib.get_close_matches(f"--{key}", flags, n=1, cutoff=0.75)
+            if close:
+                raise UserError(f"unknown flag '--{key}' - did you mean '{close[0]}'?")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -103,7 +125,8 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-def _run(args: argparse.Namespace, extra: list[str]) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
+    _check_flag_typos(parser.commands[args.command], extra)
     config_path = args.config
     if args.command == "validate" and config_path is None:
         # `llmft validate CONFIG [overrides]`: the file comes first, before any --key value pair.
@@ -130,8 +153,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmft`` console script; returns the exit status."""
     try:
-        args, extra = build_parser().parse_known_args(argv)
-        return _run(args, extra)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        return _run(parser, args, extra)
     except UserError as exc:
         message = " ".join(str(exc).split())
         print(f"llmft: error: {message}", file=sys.stderr)

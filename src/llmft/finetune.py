@@ -17,6 +17,7 @@ import json
 import logging
 import logging.handlers
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from llmft.data.pipeline import prepare_data
 from llmft.distributed.env import setup_distributed
 from llmft.inference.generate import generate_text
 from llmft.models.loader import load_causal_lm, load_tokenizer, model_skeleton, resolve_model
+from llmft.models.presets import llmft_home
 from llmft.peft.methods import apply_method, check_method, count_parameters
 from llmft.train.metrics import MetricsLogger, finite_or_none, plot_losses
 from llmft.train.optim import resolve_precision
@@ -102,6 +104,16 @@ class _RunLog:
                 handler.close()
 
 
+def _inputs(cfg: Config) -> dict[str, Path]:
+    """What the run reads from disk, by config field: an --overwrite must never delete these."""
+    inputs = {"LLMFT_HOME": llmft_home()}
+    if Path(cfg.model.name).expanduser().exists():
+        inputs["model.name"] = Path(cfg.model.name)
+    if cfg.data.path:
+        inputs["data.path"] = Path(cfg.data.path)
+    return inputs
+
+
 def _is_tokenizer_file(name: str) -> bool:
     return name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges"))
 
@@ -122,7 +134,7 @@ def _enable_activation_checkpointing(model) -> None:
 def finetune(cfg: Config, overwrite: bool = False) -> RunResult:
     """Run one fine-tuning job described by ``cfg``; see the module docstring for the order."""
     output_dir = cfg.resolved_output_dir()
-    check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, _inputs(cfg))
     run_log = _RunLog()
     try:
         return _finetune(cfg, output_dir, overwrite, run_log)
@@ -178,8 +190,14 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         env.device,
     )
 
-    claim_output_dir(output_dir, overwrite)
-    resolved = cfg.model_copy(update={"output_dir": str(output_dir)})
+    claim_output_dir(output_dir, overwrite, _inputs(cfg))
+    # Absolute paths, so the written config reproduces the run from any working folder.
+    resolved = cfg.model_copy(
+        update={
+            "output_dir": os.path.abspath(output_dir),
+            "data": cfg.data.model_copy(update={"path": data.source if cfg.data.path else None}),
+        }
+    )
     (output_dir / CONFIG_FILE).write_text(resolved.to_yaml(), encoding="utf-8")
     run_log.open(output_dir)
     metrics = MetricsLogger(output_dir, tensorboard=cfg.logging.tensorboard)

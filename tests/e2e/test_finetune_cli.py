@@ -134,11 +134,15 @@ def test_user_errors_are_one_line_exit_2(tmp_path):
     a_file.write_text("x")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"quote": "“a”", "author": "b"}\n{"quote": oops}\n')
     cases = {
         ("--model.name", "meta-llama/Llama-2-7b-hf"): "is not a preset (tiny-llama) or a local folder",
         ("--model.name", "tiny_llama"): "did you mean the preset 'tiny-llama'?",
         ("--data.path", str(tmp_path / "missing.jsonl")): "data.path: file",
         ("--data.path", str(empty)): "holds no records",
+        ("--data.path", str(broken)): "could not be read as JSON",
+        ("--train.seed", "-1"): "train.seed: Input should be greater than or equal to 0",
         ("--peft.lora.target_modules", "qproj"): "'qproj' matches no linear layer",
         ("--train.lr", "fast"): "train.lr:",
         ("--train.lr",): "--train.lr needs a value",

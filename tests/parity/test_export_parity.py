@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmft.config import build_config
+from llmft.config import build_config, load_config
 from llmft.finetune import finetune
 
 TEXTS = ["“Well done is better than well said.” ― Benjamin Franklin", "“Know thyself.”"]
@@ -98,3 +98,12 @@ def test_seed_decides_the_run(tmp_path):
     other = _run(tmp_path / "c", **{"train.lr": 1e-3, "train.seed": 7})
     assert again.summary.losses == first.summary.losses  # bit-identical
     assert other.summary.losses != first.summary.losses
+
+
+def test_written_config_reproduces_the_run(tmp_path, monkeypatch):
+    first = _run(tmp_path / "a", **{"train.lr": 1e-3})
+    monkeypatch.chdir(tmp_path)  # the written config holds absolute paths: it works from anywhere
+    again = finetune(
+        load_config(first.output_dir / "llmft_config.yaml", {"output_dir": str(tmp_path / "b" / "run")})
+    )
+    assert again.summary.losses == first.summary.losses

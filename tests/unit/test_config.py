@@ -125,7 +125,7 @@ def test_override_into_a_value_is_an_error():
 def test_overrides_are_read_by_field_type():
     tokens = [
         "--train.lr=2e-4",
-        "--train.seed", "-1",
+        "--train.seed", "7",
         "--train.progress",
         "--peft.lora.r", "8",
         "--data.path", "data #1.jsonl",  # YAML would drop the text after '#'
@@ -135,9 +135,7 @@ def test_overrides_are_read_by_field_type():
         "--peft.lora.target_modules", "[q_proj,v_proj]",
     ]  # fmt: skip
     config = build_config({}, parse_overrides(tokens))
-    assert (
-        config.train.lr == pytest.approx(2e-4) and config.train.seed == -1 and config.train.progress is True
-    )
+    assert config.train.lr == pytest.approx(2e-4) and config.train.seed == 7 and config.train.progress is True
     assert config.peft.lora.r == 8
     assert config.data.path == "data #1.jsonl"
     assert config.generation.prompt == "Note: the"
@@ -150,6 +148,38 @@ def test_overrides_are_read_by_field_type():
     assert build_config({}, parse_overrides(["--generation.prompt", "no"])).generation.prompt == "no"
     with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
         parse_overrides(["stray"])
+
+
+def test_negative_numbers_are_values_not_flags():
+    (problem,) = problems_of(overrides=parse_overrides(["--train.seed", "-1"]))
+    assert problem == "train.seed: Input should be greater than or equal to 0 (got -1)"
+
+
+def test_odd_values_are_errors():
+    problems = problems_of(
+        overrides={"train.lr": "inf", "peft.lora.alpha": float("nan"), "model.name": "", "train.seed": 2**32}
+    )
+    assert len(problems) == 4
+    assert any(p.startswith("train.lr: Input should be a finite number") for p in problems)
+    assert any(p.startswith("peft.lora.alpha: Input should be") and "nan" in p for p in problems)
+    assert any(p.startswith("model.name: String should have at least 1 character") for p in problems)
+    assert any(p.startswith("train.seed: Input should be less than 4294967296") for p in problems)
+    assert problems_of({1: 2}) == ["unknown key '1'"]
+
+
+def test_a_mistyped_flag_is_an_unknown_key():
+    assert problems_of(overrides=parse_overrides(["--train.progres"])) == [
+        "unknown key 'train.progres' - did you mean 'train.progress'?"
+    ]
+
+
+def test_empty_sections_and_section_overrides_merge():
+    # `train:` with everything under it commented out is an empty section, not an error.
+    config = build_config({"train": None}, parse_overrides(["--train.lr", "1e-4"]))
+    assert config.train.lr == pytest.approx(1e-4)
+    # A whole-section override merges into the file's section instead of dropping its other keys.
+    config = build_config({"train": {"lr": 1e-4, "epochs": 2}}, parse_overrides(["--train", "{lr: 2.0e-4}"]))
+    assert (config.train.lr, config.train.epochs) == (pytest.approx(2e-4), 2)
 
 
 def test_a_forgotten_value_is_an_error_not_true():
@@ -227,6 +257,22 @@ def test_cli_print_config(capsys):
     printed = capsys.readouterr().out
     config = build_config(yaml.safe_load(printed))
     assert config.train.lr == pytest.approx(2e-4) and config.output_dir == "x/y"
+
+
+def test_cli_flag_typo_names_the_flag(capsys):
+    assert main(["finetune", "--print-config", "--overwrit"]) == 2
+    assert (
+        capsys.readouterr().err == "llmft: error: unknown flag '--overwrit' - did you mean '--overwrite'?\n"
+    )
+
+
+def test_cli_help_shows_plain_types(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    assert "--data.val_set_size int | float (default 0.1)" in text
+    assert "--train.max_steps int | null (default None)" in text
+    assert "Annotated" not in text and "BeforeValidator" not in text
 
 
 def test_cli_unknown_flag_is_one_line(capsys):

@@ -70,7 +70,7 @@ def test_truncation_keeps_alignment_and_is_counted(tiny_tokenizer, tmp_path):
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"quote": "“x”"}, "row 2: field 'author' is missing"),
+        ({"quote": "“x”"}, "row 2: field 'author' is missing or null"),
         ({"quote": "   ", "author": "A"}, "row 2: field 'quote' is empty"),
         ({"quote": 42, "author": "A"}, "row 2: field 'quote' must be text, got int"),
     ],

@@ -89,10 +89,30 @@ def test_corrupt_weights_and_missing_tokenizer(tiny_model_dir, tmp_path):
 
     bare = tmp_path / "no-tokenizer"
     bare.mkdir()
-    (bare / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((tiny_model_dir / name).read_bytes())
     cfg = ModelSection(name=str(bare))
     with pytest.raises(UserError, match="has no tokenizer .* save one there with tokenizer.save_pretrained"):
         load_tokenizer(resolve_model(cfg), cfg)
+
+
+def test_model_folder_is_checked_before_loading(tiny_model_dir, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="config.json' is not valid JSON"):
+        resolve_model(ModelSection(name=str(folder)))
+    (folder / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    with pytest.raises(UserError, match="has no weights .*model.save_pretrained"):
+        resolve_model(ModelSection(name=str(folder)))
+
+
+def test_unwritable_llmft_home_is_a_user_error(tmp_path, monkeypatch):
+    home = tmp_path / "a-file"
+    home.write_text("x")
+    monkeypatch.setenv("LLMFT_HOME", str(home))
+    with pytest.raises(UserError, match="LLMFT_HOME: cannot write presets under"):
+        materialize(PRESETS["tiny-llama"])
 
 
 def test_preset_typo_suggests_the_preset(monkeypatch):
@@ -113,7 +133,8 @@ def test_pad_token_falls_back_when_missing(tiny_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = None
     tokenizer.save_pretrained(tmp_path / "tok")
-    (tmp_path / "tok" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "tok" / name).write_bytes((tiny_model_dir / name).read_bytes())
     source = resolve_model(ModelSection(name=str(tmp_path / "tok")))
     loaded = load_tokenizer(source, ModelSection(name=str(tmp_path / "tok")))
     assert loaded.pad_token == "<unk>" and loaded.padding_side == "right"

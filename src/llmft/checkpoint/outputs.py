@@ -39,8 +39,17 @@ def _writable_parent(path: Path) -> None:
         )
 
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output folder that would lose an earlier run or foreign files."""
+def check_output_dir(path: Path, overwrite: bool, inputs: dict[str, Path] | None = None) -> None:
+    """Refuse, before any work, an output folder that would lose an earlier run or anything else.
+
+    Args:
+        path: the run folder.
+        overwrite: whether an earlier llmft run there may be replaced.
+        inputs: what the run reads, by config field (``{"model.name": folder, ...}``); a folder that
+            holds one of them is never cleared.
+    """
+    if path.is_symlink():
+        raise UserError(f"output_dir: '{path}' is a symbolic link; pass the folder it points to")
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir: '{path}' is a file, not a folder; choose another --output_dir")
     _writable_parent(path)
@@ -56,14 +65,33 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
             f"output_dir: '{path}' holds an earlier run; pass --overwrite to replace it, "
             f"or choose another --output_dir"
         )
+    real = path.resolve()
+    if real in Path.cwd().resolve().parents:
+        raise UserError(
+            f"output_dir: '{path}' holds the current folder; --overwrite would delete it; choose another --output_dir"
+        )
+    for field, item in (inputs or {}).items():
+        item = item.expanduser().resolve()
+        if item == real or real in item.parents:
+            raise UserError(
+                f"output_dir: '{path}' holds {field} '{item}', which this run reads; --overwrite would "
+                f"delete it; choose another --output_dir"
+            )
 
 
-def claim_output_dir(path: Path, overwrite: bool) -> Path:
-    """Create the run folder with its marker, clearing an earlier run when ``overwrite`` allows."""
-    check_output_dir(path, overwrite)
+def claim_output_dir(path: Path, overwrite: bool, inputs: dict[str, Path] | None = None) -> Path:
+    """Create the run folder with its marker, clearing an earlier run when ``overwrite`` allows.
+
+    An earlier run's contents are deleted, not the folder itself, so that ``--output_dir .`` works.
+    """
+    check_output_dir(path, overwrite, inputs)
     try:
-        if path.is_dir() and any(path.iterdir()):
-            shutil.rmtree(path)
+        if path.is_dir():
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         path.mkdir(parents=True, exist_ok=True)
         marker = {"run_id": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (path / RUN_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")

@@ -160,7 +160,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def _format_errors(error: ValidationError) -> list[str]:
     problems: dict[str, str] = {}
     for item in error.errors():
-        if item["type"] == "extra_forbidden":
+        if item["type"] in {"extra_forbidden", "invalid_key"}:
             continue  # reported by unknown_keys(), with the full dotted path and a suggestion
         path = _field_path(tuple(item["loc"]))
         if path in problems:
@@ -212,8 +212,8 @@ def read_override(path: str, value: Any) -> Any:
     """A command-line value as the field at ``path`` expects it (see the module docstring)."""
     annotation = _fields().get(path)
     if value is BARE_FLAG:
-        if annotation is not None and bool in _leaf_types(annotation):
-            return True
+        if annotation is None or bool in _leaf_types(annotation):
+            return True  # an unknown key is reported as such (with a suggestion), not as a missing value
         raise ConfigError([f"--{path} needs a value (e.g. --{path} VALUE)"])
     if not isinstance(value, str):
         return value  # set from Python, already typed
@@ -252,6 +252,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _merge(node: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``node[key] = value``, merging into an existing section rather than replacing it."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for sub_key, sub_value in value.items():
+            _merge(node[key], str(sub_key), sub_value)
+    else:
+        node[key] = value
+
+
 def _apply_override(tree: dict[str, Any], dotted: str, value: Any, problems: list[str]) -> None:
     fields = _fields()
     node = tree
@@ -263,8 +272,23 @@ def _apply_override(tree: dict[str, Any], dotted: str, value: Any, problems: lis
         if is_leaf or (child is not None and not isinstance(child, dict)):
             problems.append(f"'{dotted}': '{prefix}' is a value, not a section")
             return
-        node = node.setdefault(part, {}) if child is None else child
-    node[parts[-1]] = value
+        if child is None:  # absent, or an empty section in the file (`train:` with nothing under it)
+            child = node[part] = {}
+        node = child
+    _merge(node, parts[-1], value)
+
+
+def _empty_sections_to_mappings(tree: dict[str, Any], model: type[BaseModel] = Config) -> None:
+    """`train:` with every line under it commented out reads as None; it means an empty section."""
+    for key, value in list(tree.items()):
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        section = _section_type(field.annotation) if field is not None else None
+        if section is None:
+            continue
+        if value is None:
+            tree[key] = {}
+        elif isinstance(value, dict):
+            _empty_sections_to_mappings(value, section)
 
 
 def build_config(
@@ -278,6 +302,7 @@ def build_config(
         ConfigError: listing every problem (unknown keys with suggestions, wrong types, bad values).
     """
     tree: dict[str, Any] = copy.deepcopy(data or {})
+    _empty_sections_to_mappings(tree)
     problems: list[str] = []
     for dotted, value in (overrides or {}).items():
         try:

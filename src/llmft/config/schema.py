@@ -24,7 +24,8 @@ def _not_a_bool(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_not_a_bool)]
-Float = Annotated[float, BeforeValidator(_not_a_bool)]
+# No inf or nan either: `lr: .inf` would pass here and fail only after the run folder was written.
+Float = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
 
 
 def batch_problem(batch_size: int, micro_batch_size: int, world_size: int = 1) -> str | None:
@@ -60,6 +61,7 @@ class ModelSection(_Section):
 
     name: str = Field(
         "tiny-llama",
+        min_length=1,
         description="A built-in preset (tiny-llama), a local Hugging Face model folder, or a hub id.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
@@ -164,7 +166,9 @@ class TrainSection(_Section):
     adam_beta2: Float = Field(0.999, ge=0, lt=1)
     adam_eps: Float = Field(1e-8, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
-    warmup_steps: Int | None = Field(None, ge=0, description="Linear warmup steps; overrides warmup_ratio.")
+    warmup_steps: Int | None = Field(
+        None, ge=0, description="Linear warmup steps; overrides warmup_ratio; at most the run's length."
+    )
     warmup_ratio: Float = Field(0.05, ge=0, le=1, description="Warmup as a share of all steps.")
     min_lr_ratio: Float = Field(0.0, ge=0, le=1, description="Cosine/linear decay floor, as a share of lr.")
     max_grad_norm: Float | None = Field(
@@ -175,7 +179,9 @@ class TrainSection(_Section):
         description="Autocast compute dtype. auto: bf16 where the device computes it fast "
         "(CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.",
     )
-    seed: Int = Field(42, description="Seeds data order, dropout and every random choice.")
+    seed: Int = Field(
+        42, ge=0, lt=2**32, description="Seeds data order, dropout and every random choice (0 to 2**32-1)."
+    )
     eval_every: Int = Field(
         50, ge=0, description="Evaluate every N steps (and at the end); 0: only at the end."
     )

@@ -77,7 +77,7 @@ def text_field(record: Mapping[str, Any], field: str, where: RowContext) -> str:
     """The record's text in ``field``, or a one-line error naming the file, row and field."""
     value = record.get(field)
     if value is None:
-        raise UserError(f"{where}: field '{field}' is missing; every record needs it")
+        raise UserError(f"{where}: field '{field}' is missing or null; every record needs it")
     if not isinstance(value, str):
         raise UserError(f"{where}: field '{field}' must be text, got {type(value).__name__} {value!r:.60}")
     if not value.strip():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +78,7 @@ def prepare_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int
     """
     fmt = get_format(cfg.format)
     if cfg.path:
-        path = cfg.path
+        path = os.path.abspath(os.path.expanduser(cfg.path))
     elif fmt.sample_file:
         path = str(bundled_sample(fmt.sample_file))
     else:

@@ -37,6 +37,8 @@ def load_records(path: str | Path, columns: tuple[str, ...]):
     if builder != "parquet" and not path.read_bytes().strip():
         raise UserError(f"data.path: '{path}' holds no records")
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors become ours, below
     try:
         records = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parser errors in several exception types
@@ -45,6 +47,8 @@ def load_records(path: str | Path, columns: tuple[str, ...]):
         if "corresponds to no data" in str(exc):  # e.g. a CSV with a header and no rows
             raise UserError(f"data.path: '{path}' holds no records") from None
         raise UserError(f"data.path: '{path}' could not be read as {builder.upper()}: {reason}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     missing = [c for c in columns if c not in records.column_names]
     if missing:
         raise UserError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -24,6 +25,13 @@ from llmft.models.presets import PRESETS, materialize
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Weight files that from_pretrained reads (single files or the index of a sharded checkpoint).
+_WEIGHT_FILES = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
 # Any one of these makes a folder's tokenizer loadable by AutoTokenizer.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
@@ -71,6 +79,25 @@ def _hub_error(name: str, exc: BaseException) -> UserError:
     )
 
 
+def _check_model_folder(path: Path, name: str) -> None:
+    """A local model folder has a readable config.json and weights; checked before any loading."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(
+            f"model.name: folder '{name}' has no config.json; point it at a Hugging Face model folder "
+            f"(save_pretrained output)"
+        )
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"model.name: '{config}' is not valid JSON: {exc}") from None
+    if not any(any(path.glob(pattern)) for pattern in _WEIGHT_FILES):
+        raise UserError(
+            f"model.name: folder '{name}' has no weights ({', '.join(_WEIGHT_FILES)}); "
+            f"save the model there with model.save_pretrained('{name}')"
+        )
+
+
 def resolve_model(cfg: ModelSection) -> ModelSource:
     """Decide what ``model.name`` refers to, with a clear error for anything that cannot load."""
     name = cfg.name
@@ -78,11 +105,7 @@ def resolve_model(cfg: ModelSection) -> ModelSource:
         return ModelSource("preset", str(materialize(PRESETS[name])), name)
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(
-                f"model.name: folder '{name}' has no config.json; point it at a Hugging Face model folder "
-                f"(save_pretrained output)"
-            )
+        _check_model_folder(path, name)
         return ModelSource("local", str(path), name)
     if _looks_like_path(name):
         raise UserError(f"model.name: folder '{name}' does not exist; check the path")

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from llmft.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -113,7 +115,15 @@ def materialize(preset: Preset) -> Path:
     target = llmft_home() / "presets" / preset.folder_name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(target.parent, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as exc:
+        raise UserError(
+            f"LLMFT_HOME: cannot write presets under '{llmft_home()}' ({exc.strerror or exc}); "
+            f"point LLMFT_HOME at a writable folder"
+        ) from None
     tmp = target.parent / f".{preset.folder_name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(preset))

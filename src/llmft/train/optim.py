@@ -45,6 +45,12 @@ def build_optimizer(model: nn.Module, cfg: TrainSection, device: torch.device) -
 
 def warmup_steps(cfg: TrainSection, total_steps: int) -> int:
     if cfg.warmup_steps is not None:
+        if cfg.warmup_steps > total_steps:
+            log.warning(
+                "train.warmup_steps %d is longer than the run (%d steps); warming up over the whole run",
+                cfg.warmup_steps,
+                total_steps,
+            )
         return min(cfg.warmup_steps, total_steps)
     return int(math.ceil(cfg.warmup_ratio * total_steps))
 
