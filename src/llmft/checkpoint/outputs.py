@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from llmft.errors import UserError
-from llmft.models.presets import quiet_progress_bars
+from llmft.hf import quiet_progress_bars
 
 # A hidden file that only llmft writes, in every run folder. --overwrite deletes a folder only when
 # it holds this file: a folder that merely contains a config named like ours (a user's project

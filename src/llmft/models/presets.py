@@ -8,13 +8,11 @@ records that folder as its base (``PeftModel.from_pretrained`` finds it).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import torch
 
 from llmft.errors import UserError
+from llmft.hf import quiet_progress_bars
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +63,6 @@ PRESETS: dict[str, Preset] = {
         description="LlamaForCausalLM, 4 layers, hidden 256, GQA 8/4 heads, byte-level BPE vocab 1948",
     ),
 }
-
-
-@contextlib.contextmanager
-def quiet_progress_bars() -> Iterator[None]:
-    """Hide transformers' progress bars (e.g. "Writing model shards") for saves that take no time."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def llmft_home() -> Path:

@@ -60,8 +60,11 @@ class TrainSummary:
         return self.real_tokens / self.train_time_s if self.train_time_s else 0.0
 
     def window(self, first: bool, size: int = 10) -> float:
-        """Mean train loss over the first or last ``size`` steps (less noisy than one step)."""
-        chunk = self.losses[:size] if first else self.losses[-size:]
+        """Mean train loss over the first or last ``size`` steps (less noisy than one step).
+
+        Steps without target tokens (loss NaN) are left out of the mean.
+        """
+        chunk = [x for x in (self.losses[:size] if first else self.losses[-size:]) if math.isfinite(x)]
         return sum(chunk) / len(chunk) if chunk else float("nan")
 
 
