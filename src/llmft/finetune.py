@@ -109,8 +109,10 @@ def _inputs(cfg: Config) -> dict[str, Path]:
     inputs = {"LLMFT_HOME": llmft_home()}
     if Path(cfg.model.name).expanduser().exists():
         inputs["model.name"] = Path(cfg.model.name)
-    if cfg.data.path:
-        inputs["data.path"] = Path(cfg.data.path)
+    for name in ("path", "prompt_template", "chat_template"):
+        value = getattr(cfg.data, name)
+        if value and Path(value).expanduser().exists():
+            inputs[f"data.{name}"] = Path(value)
     return inputs
 
 
@@ -175,7 +177,15 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
 
     # The trainer checks the batch layout and that something trains, still before any file is written.
     trainer = Trainer(
-        model, cfg.train, data.train, data.val, tokenizer.pad_token_id, env, None, compute_dtype
+        model,
+        cfg.train,
+        data.train,
+        data.val,
+        tokenizer.pad_token_id,
+        env,
+        None,
+        compute_dtype,
+        group_by_length=cfg.data.group_by_length,
     )
     log.info(
         "training: %d steps (%d per epoch), global batch %d = %d micro x %d accumulation x %d process(es), "
@@ -226,9 +236,16 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     files["summary"] = "summary.json"
     files["base model"] = source.ref
 
+    # The sample's prompt in the training format (alpaca's template, the chat template, ...).
     prompt = cfg.generation.prompt or data.format.example_prompt
     sample = generate_text(
-        model, tokenizer, prompt, cfg.generation, env.device, compute_dtype, cfg.train.seed
+        model,
+        tokenizer,
+        data.format.generation_prompt(prompt),
+        cfg.generation,
+        env.device,
+        compute_dtype,
+        cfg.train.seed,
     )
     result = RunResult(
         output_dir, summary, source.ref, precision, str(env.device), prompt, sample, files, model, tokenizer

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import write_jsonl
 from llmft.config import DataSection
-from llmft.data.collate import PadCollator
+from llmft.data.batching import Collator
 from llmft.data.formats import RowContext, get_format
 from llmft.data.pipeline import prepare_data, train_loader
 from llmft.data.sources import bundled_sample
@@ -30,8 +30,8 @@ def test_bundled_quotes_sample_is_valid():
 
 
 def test_quotes_record_tokens_and_labels(tiny_tokenizer):
-    fmt = get_format("quotes")
-    segments = fmt.render(QUOTE, RowContext("x.jsonl", 1))
+    fmt = get_format(DataSection(format="quotes"))
+    (segments,) = fmt.render(QUOTE, RowContext("x.jsonl", 1))
     assert [s.text for s in segments] == ["“Well done is better than well said.” ― Benjamin Franklin"]
     special = SpecialIds.of(tiny_tokenizer)
     example = tokenize_segments(segments, tiny_tokenizer, special, max_seq_len=256)
@@ -56,7 +56,7 @@ def test_untrained_segment_is_masked(tiny_tokenizer):
 
 def test_truncation_keeps_alignment_and_is_counted(tiny_tokenizer, tmp_path):
     special = SpecialIds.of(tiny_tokenizer)
-    segments = get_format("quotes").render(QUOTE, RowContext("x", 1))
+    (segments,) = get_format(DataSection()).render(QUOTE, RowContext("x", 1))
     full = tokenize_segments(segments, tiny_tokenizer, special, max_seq_len=256)
     cut = tokenize_segments(segments, tiny_tokenizer, special, max_seq_len=8)
     assert cut.truncated and len(cut.input_ids) == 8
@@ -90,14 +90,18 @@ def test_bad_files(tiny_tokenizer, tmp_path):
     with pytest.raises(UserError, match="broken.jsonl' could not be read as JSON"):
         prepare_data(DataSection(path=str(broken)), tiny_tokenizer, seed=0)
     other = write_jsonl(tmp_path / "other.jsonl", [{"text": "hello"}])
-    with pytest.raises(UserError, match="has no column 'quote', 'author' \\(its columns: text\\)"):
+    with pytest.raises(
+        UserError,
+        match="has no column 'quote', 'author' needed by data.format quotes \\(its columns: text\\)",
+    ):
         prepare_data(DataSection(path=str(other)), tiny_tokenizer, seed=0)
     for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("header.csv", "quote,author\n")):
         (tmp_path / name).write_text(text)
         with pytest.raises(UserError, match=f"data.path: '.*{name}' holds no records"):
             prepare_data(DataSection(path=str(tmp_path / name)), tiny_tokenizer, seed=0)
-    with pytest.raises(UserError, match="is a folder"):
-        prepare_data(DataSection(path=str(tmp_path)), tiny_tokenizer, seed=0)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="folder '.*folder' holds no save_to_disk dataset and no JSON"):
+        prepare_data(DataSection(path=str(tmp_path / "folder")), tiny_tokenizer, seed=0)
     csv = tmp_path / "quotes.csv"
     csv.write_text('quote,author\n"“A, b.”",C\n')
     bundle = prepare_data(DataSection(path=str(csv), val_set_size=0), tiny_tokenizer, seed=0)
@@ -124,7 +128,7 @@ def test_validation_split_count_fraction_and_seed(tiny_tokenizer):
 
 
 def test_pad_collator_masks_padding():
-    batch = PadCollator(pad_id=3)(
+    batch = Collator(pad_id=3)(
         [{"input_ids": [1, 5, 6], "labels": [-100, 5, 6]}, {"input_ids": [1, 7], "labels": [-100, 7]}]
     )
     assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 3]]

@@ -9,7 +9,7 @@ import torch
 from transformers import set_seed
 
 from llmft.config import ModelSection, TrainSection, build_config
-from llmft.data.collate import PadCollator
+from llmft.data.batching import Collator
 from llmft.data.pipeline import TokenizedDataset
 from llmft.data.tokenize import IGNORE_INDEX, TokenizedExample
 from llmft.distributed.env import DistEnv
@@ -72,7 +72,7 @@ def test_token_loss_sum_matches_a_direct_computation():
 def test_accumulation_equals_one_big_batch():
     """micro-batch 2 x 4 accumulation == micro-batch 8, in fp32, with uneven lengths and masks."""
     examples = _examples(8)
-    collate = PadCollator(PAD)
+    collate = Collator(PAD)
     small = [
         collate([{"input_ids": e.input_ids, "labels": e.labels} for e in examples[i : i + 2]])
         for i in range(0, 8, 2)
@@ -184,7 +184,7 @@ def test_non_finite_gradient_stops_before_the_update():
     trainer = _trainer(model, _examples(4), micro_batch_size=4, batch_size=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.accumulate_gradients(
-        [PadCollator(PAD)([{"input_ids": e.input_ids, "labels": e.labels} for e in _examples(4)])]
+        [Collator(PAD)([{"input_ids": e.input_ids, "labels": e.labels} for e in _examples(4)])]
     )
     next(p for p in model.parameters() if p.requires_grad).grad[0, 0] = float("nan")
     with pytest.raises(UserError, match="gradient norm is nan at step 1"):

@@ -78,15 +78,52 @@ class ModelSection(_Section):
 class DataSection(_Section):
     """Where the training records come from and how they become token sequences."""
 
-    format: str = Field("quotes", description="A registered data format: quotes (english_quotes records).")
+    format: str = Field(
+        "quotes",
+        description="quotes | text | alpaca | grammar | chat | classification, or your own as module:function.",
+    )
     path: str | None = Field(
-        None, description="A local JSON, JSONL, CSV or Parquet file; empty: the format's bundled sample."
+        None,
+        description="A JSON/JSONL/CSV/Parquet file, a save_to_disk folder, a folder of data files, or a hub "
+        "dataset id; empty: the format's bundled sample.",
+    )
+    split: str = Field("train", min_length=1, description="Split to read (e.g. train, train[:1000]).")
+    subset: str | None = Field(None, description="Hub dataset configuration name, where it has several.")
+    column_map: dict[str, str] = Field(
+        default_factory=dict, description="Rename columns before use, e.g. {sentence: input, fixed: target}."
     )
     val_set_size: Int | Float = Field(
         0.1, description="Validation records held out: a count (int) or a fraction in (0, 1); 0 for none."
     )
-    max_seq_len: Int = Field(256, ge=8, description="Longer records are truncated (and counted).")
+    max_seq_len: Int = Field(
+        256,
+        ge=8,
+        description="Tokens per example (alpaca-lora's cutoff_len); longer ones are truncated and counted.",
+    )
     max_samples: Int | None = Field(None, ge=1, description="Use only the first N records.")
+    batching: Literal["padding", "packing"] = Field(
+        "padding",
+        description="padding: pad each micro-batch to its longest; packing: rows of max_seq_len tokens holding "
+        "several documents, none attending to another.",
+    )
+    group_by_length: bool = Field(
+        False, description="With padding: batch examples of similar length (less padding; HF's grouping)."
+    )
+    train_on_inputs: bool = Field(
+        False, description="Also train on prompt tokens (alpaca, grammar); false masks them with label -100."
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="alpaca: a template name (alpaca, alpaca_legacy, alpaca_short) or an alpaca-lora .json file; "
+        "grammar/classification: a format string with {input} / {text}. Empty: the format's default.",
+    )
+    text_field: str = Field("text", min_length=1, description="The column the text format trains on.")
+    chat_template: str | None = Field(
+        None, description="chat: a Jinja chat template (text or a .jinja file); empty: the tokenizer's own."
+    )
+    expand_corrections: bool = Field(
+        True, description="grammar: a record with several corrections trains on each (false: the first only)."
+    )
 
     @field_validator("format")
     @classmethod
@@ -107,6 +144,15 @@ class DataSection(_Section):
         elif value < 0:
             raise ValueError("must be 0 (no validation split), a count, or a fraction in (0, 1)")
         return value
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> DataSection:
+        if self.group_by_length and self.batching == "packing":
+            raise ValueError(
+                "data.group_by_length applies to padding; packed rows all have max_seq_len tokens - "
+                "drop group_by_length or use --data.batching padding"
+            )
+        return self
 
 
 class LoraSection(_Section):

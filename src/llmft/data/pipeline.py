@@ -1,17 +1,17 @@
-"""The data path of a run: source -> format -> tokenize with label mask -> split -> loaders."""
+"""The data path of a run: source -> format -> tokenize with label mask -> split -> pack -> loaders."""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llmft.config import DataSection
-from llmft.data.collate import PadCollator
+from llmft.data.batching import Collator, ResumableSampler, pack_examples
 from llmft.data.formats import DataFormat, RowContext, get_format
 from llmft.data.sources import bundled_sample, load_records
 from llmft.data.tokenize import IGNORE_INDEX, SpecialIds, TokenizedExample, tokenize_segments
@@ -21,17 +21,27 @@ log = logging.getLogger(__name__)
 
 
 class TokenizedDataset(Dataset):
-    """A list of tokenized examples (``input_ids``, ``labels``)."""
+    """Tokenized examples (``input_ids``, ``labels``, and ``position_ids`` for packed rows).
 
-    def __init__(self, examples: list[TokenizedExample]) -> None:
+    ``pad_to`` fixes the row length of every batch (packed rows); None pads to the batch's longest.
+    """
+
+    def __init__(self, examples: list[TokenizedExample], pad_to: int | None = None) -> None:
         self.examples = examples
+        self.pad_to = pad_to
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         example = self.examples[index]
-        return {"input_ids": example.input_ids, "labels": example.labels}
+        item = {"input_ids": example.input_ids, "labels": example.labels}
+        if example.position_ids is not None:
+            item["position_ids"] = example.position_ids
+        return item
+
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
 
 
 @dataclass
@@ -39,15 +49,19 @@ class DataStats:
     records: int = 0
     train_records: int = 0
     val_records: int = 0
+    examples: int = 0  # after expansion (a record with several corrections gives several)
     tokens: int = 0
     trained_tokens: int = 0
     truncated: int = 0
+    packed_rows: int | None = None
 
     def describe(self) -> str:
         share = self.trained_tokens / max(self.tokens, 1)
+        expanded = f", {self.examples} examples" if self.examples != self.records else ""
+        packed = f", packed into {self.packed_rows} rows" if self.packed_rows is not None else ""
         return (
-            f"{self.records} records ({self.train_records} train, {self.val_records} validation), "
-            f"{self.tokens} tokens, {share:.0%} of them trained, {self.truncated} truncated"
+            f"{self.records} records ({self.train_records} train, {self.val_records} validation){expanded}, "
+            f"{self.tokens} tokens, {share:.0%} of them trained, {self.truncated} truncated{packed}"
         )
 
 
@@ -55,9 +69,13 @@ class DataStats:
 class DataBundle:
     format: DataFormat
     source: str
-    train: TokenizedDataset
+    train: TokenizedDataset  # what the trainer iterates: examples, or packed rows
     val: TokenizedDataset | None
     stats: DataStats
+    train_examples: list[TokenizedExample] = field(default_factory=list)  # before packing
+    # Validation records with several acceptable outputs (grammar): (prompt text, references).
+    references: list[tuple[str, list[str]]] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)  # classification: the classes, sorted
 
 
 def _val_count(setting: int | float, total: int) -> int:
@@ -70,53 +88,84 @@ def _val_count(setting: int | float, total: int) -> int:
     return count
 
 
+def resolve_source(cfg: DataSection, fmt: DataFormat) -> str:
+    """The data path of a run: the configured one (local paths made absolute) or the bundled sample."""
+    if cfg.path:
+        local = os.path.expanduser(cfg.path)
+        return os.path.abspath(local) if os.path.exists(local) else cfg.path
+    if fmt.sample_file:
+        return str(bundled_sample(fmt.sample_file))
+    raise UserError(f"data.path: the '{fmt.name}' format has no bundled sample; pass --data.path FILE")
+
+
 def prepare_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int) -> DataBundle:
-    """Read, render, tokenize and split the records of a run.
+    """Read, render, tokenize, split and (with ``batching: packing``) pack the records of a run.
 
     Every record is rendered before anything trains, so a bad row stops the run at once with its file,
-    row and field named.
+    row and field named. The validation split is drawn per record, before a record is expanded into
+    several examples, so no sentence is on both sides.
     """
-    fmt = get_format(cfg.format)
-    if cfg.path:
-        path = os.path.abspath(os.path.expanduser(cfg.path))
-    elif fmt.sample_file:
-        path = str(bundled_sample(fmt.sample_file))
-    else:
-        raise UserError(f"data.path: the '{fmt.name}' format has no bundled sample; pass --data.path FILE")
-    records = load_records(path, fmt.columns)
+    fmt = get_format(cfg, tokenizer)
+    path = resolve_source(cfg, fmt)
+    records = load_records(path, cfg.split, cfg.subset, cfg.column_map)
+    fmt.check_columns(records.column_names, path)
     if cfg.max_samples is not None:
         records = records.select(range(min(cfg.max_samples, len(records))))
     if len(records) == 0:
         raise UserError(f"data.path: '{path}' holds no records")
 
-    special = SpecialIds.of(tokenizer)
-    examples: list[TokenizedExample] = []
-    stats = DataStats(records=len(records))
-    for row, record in enumerate(records, start=1):
-        segments = fmt.render(record, RowContext(path, row))
-        example = tokenize_segments(segments, tokenizer, special, cfg.max_seq_len)
-        stats.tokens += len(example.input_ids)
-        stats.trained_tokens += sum(label != IGNORE_INDEX for label in example.labels)
-        stats.truncated += example.truncated
-        examples.append(example)
-
     # A seeded permutation picks the validation records; the rest keep their file order (the sampler
     # shuffles them per epoch).
-    n_val = _val_count(cfg.val_set_size, len(examples))
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    val_index = sorted(order[:n_val])
-    held_out = set(val_index)
-    train = [e for i, e in enumerate(examples) if i not in held_out]
-    val = [examples[i] for i in val_index]
-    stats.train_records, stats.val_records = len(train), len(val)
+    n_val = _val_count(cfg.val_set_size, len(records))
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = set(order[:n_val])
+
+    special = SpecialIds.of(tokenizer)
+    stats = DataStats(records=len(records), train_records=len(records) - n_val, val_records=n_val)
+    train: list[TokenizedExample] = []
+    val: list[TokenizedExample] = []
+    references: list[tuple[str, list[str]]] = []
+    labels: set[str] = set()
+    for row, record in enumerate(records, start=1):
+        where = RowContext(path, row)
+        examples = fmt.render(record, where)
+        if row - 1 in held_out:
+            # One example per validation record (its first output); all outputs stay as references.
+            examples = examples[:1]
+            refs = fmt.references(record, where)
+            if refs is not None:
+                references.append(("".join(s.text for s in examples[0] if not s.trained), refs))
+        label = fmt.label_of(record, where)
+        if label is not None:
+            labels.add(label)
+        for segments in examples:
+            example = tokenize_segments(segments, tokenizer, special, cfg.max_seq_len, add_eos=fmt.adds_eos)
+            stats.examples += 1
+            stats.tokens += len(example.input_ids)
+            stats.trained_tokens += sum(label != IGNORE_INDEX for label in example.labels)
+            stats.truncated += example.truncated
+            (val if row - 1 in held_out else train).append(example)
     if stats.truncated:
         log.warning(
-            "%d of %d records were longer than data.max_seq_len=%d and were truncated",
+            "%d of %d examples were longer than data.max_seq_len=%d and were truncated (labels stay aligned)",
             stats.truncated,
-            stats.records,
+            stats.examples,
             cfg.max_seq_len,
         )
-    return DataBundle(fmt, path, TokenizedDataset(train), TokenizedDataset(val) if val else None, stats)
+    rows = TokenizedDataset(train)
+    if cfg.batching == "packing":
+        rows = TokenizedDataset(pack_examples(train, cfg.max_seq_len), pad_to=cfg.max_seq_len)
+        stats.packed_rows = len(rows)
+    return DataBundle(
+        fmt,
+        path,
+        rows,
+        TokenizedDataset(val) if val else None,
+        stats,
+        train_examples=train,
+        references=references,
+        label_names=sorted(labels),
+    )
 
 
 def train_loader(
@@ -127,12 +176,16 @@ def train_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    group_by_length: bool = False,
+    global_batch: int = 1,
 ) -> DataLoader:
-    """Shuffled micro-batches; call ``loader.sampler.set_epoch(e)`` for each epoch's new order.
+    """Shuffled micro-batches; ``loader.sampler.set_epoch(e, start)`` sets each epoch's order.
 
     ``pin_memory`` (for CUDA) lets the trainer's ``non_blocking`` copies overlap with compute.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    sampler = ResumableSampler(
+        dataset.lengths(), world_size, rank, seed, group_by_length=group_by_length, global_batch=global_batch
+    )
     return eval_loader(dataset, micro_batch_size, pad_id, pin_memory, sampler=sampler)
 
 
@@ -144,6 +197,6 @@ def eval_loader(
         dataset,
         batch_size=micro_batch_size,
         sampler=sampler,
-        collate_fn=PadCollator(pad_id),
+        collate_fn=Collator(pad_id, dataset.pad_to),
         pin_memory=pin_memory,
     )

@@ -1,7 +1,16 @@
-"""Record sources: local files read through the `datasets` library, or a format's bundled sample."""
+"""Record sources, all read through the `datasets` library.
+
+``data.path`` may be a local JSON / JSONL / CSV / Parquet file, a folder written by
+``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``), a folder of data files, or a hub dataset id.
+A folder of data files and a hub id go through the same ``datasets.load_dataset`` call, which is how
+the hub path is tested offline. Empty: the format's bundled sample.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -9,6 +18,7 @@ from llmft.errors import UserError
 
 # File suffix -> `datasets` builder name.
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
 def bundled_sample(file_name: str) -> Path:
@@ -16,43 +26,172 @@ def bundled_sample(file_name: str) -> Path:
     return Path(str(resources.files("llmft.data").joinpath("samples", file_name)))
 
 
-def load_records(path: str | Path, columns: tuple[str, ...]):
-    """Load a local data file as a `datasets.Dataset`, checking that the needed columns exist.
+def hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"}
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
-    Raises:
-        UserError: for a missing file, an unknown suffix, a file the parser rejects, or a missing column.
-    """
-    import datasets  # heavy; imported when data is actually read
 
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"data.path: file '{path}' not found; pass an existing JSON/JSONL/CSV/Parquet file")
-    if path.is_dir():
-        raise UserError(f"data.path: '{path}' is a folder; pass a JSON/JSONL/CSV/Parquet file")
+def _looks_like_path(value: str) -> bool:
+    # A hub id is `name` or `owner/name`; anything with a file suffix, a leading ./ ~ /, or deeper
+    # nesting is meant as a local path.
+    return (
+        value.startswith((".", "/", "~"))
+        or Path(value).suffix.lower() in _BUILDERS
+        or value.count("/") > 1
+        or os.sep != "/"
+        and os.sep in value
+    )
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors become ours
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+def _split_error(where: str, split: str, exc: BaseException) -> UserError | None:
+    text = str(exc)
+    if (
+        "Unknown split" in text
+        or "Bad split" in text
+        or "split" in text.lower()
+        and "should be one of" in text
+    ):
+        return UserError(
+            f"data.split: '{split}' is not a split of {where} ({_reason(exc)}); e.g. --data.split train"
+        )
+    return None
+
+
+def _load_file(path: Path, split: str):
+    import datasets
+
     builder = _BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise UserError(
-            f"data.path: '{path}' has suffix '{path.suffix}'; use one of {', '.join(sorted(_BUILDERS))}"
+            f"data.path: '{path}' has suffix '{path.suffix}'; use one of {', '.join(sorted(_BUILDERS))}, a "
+            f"save_to_disk folder or a hub dataset id"
         )
     if builder != "parquet" and not path.read_bytes().strip():
         raise UserError(f"data.path: '{path}' holds no records")
-    datasets.disable_progress_bars()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors become ours, below
     try:
-        records = datasets.load_dataset(builder, data_files=str(path), split="train")
+        return datasets.load_dataset(builder, data_files=str(path), split=split)
     except Exception as exc:  # datasets wraps parser errors in several exception types
-        cause = exc.__cause__ or exc
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if "corresponds to no data" in str(exc):  # e.g. a CSV with a header and no rows
             raise UserError(f"data.path: '{path}' holds no records") from None
-        raise UserError(f"data.path: '{path}' could not be read as {builder.upper()}: {reason}") from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-    missing = [c for c in columns if c not in records.column_names]
-    if missing:
+        error = _split_error(f"'{path}' (a single file is split 'train')", split, exc)
+        if error:
+            raise error from None
         raise UserError(
-            f"data.path: '{path}' has no column {', '.join(repr(c) for c in missing)} "
-            f"(its columns: {', '.join(records.column_names) or 'none'})"
+            f"data.path: '{path}' could not be read as {builder.upper()}: {_reason(exc)}"
+        ) from None
+
+
+def _load_saved(path: Path, split: str):
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise UserError(
+            f"data.path: '{path}' is not a readable save_to_disk folder: {_reason(exc)}"
+        ) from None
+    if isinstance(saved, datasets.DatasetDict):
+        base = split.split("[", 1)[0]
+        if base not in saved:
+            raise UserError(
+                f"data.split: '{base}' is not a split of '{path}' (its splits: {', '.join(saved)})"
+            )
+        chosen = saved[base]
+        return chosen.select(_slice(split, len(chosen), path)) if base != split else chosen
+    if split not in ("train", "") and not split.startswith("train["):
+        raise UserError(
+            f"data.split: '{split}' is not a split of '{path}' (a saved Dataset has one: use train)"
         )
+    return saved.select(_slice(split, len(saved), path)) if "[" in split else saved
+
+
+def _slice(split: str, total: int, path: Path) -> range:
+    """`train[:100]`, `train[10:20]` (records) of a saved dataset, like load_dataset's split syntax."""
+    inner = split[split.index("[") + 1 : -1] if split.endswith("]") else ""
+    try:
+        start_text, stop_text = inner.split(":", 1)
+        start, stop = int(start_text or 0), int(stop_text or total)
+    except ValueError:
+        raise UserError(f"data.split: '{split}' is not name[start:stop] (for '{path}')") from None
+    return range(*slice(start, stop).indices(total))
+
+
+def _load_hub(name: str, subset: str | None, split: str, description: str):
+    import datasets
+
+    if hub_offline() and not Path(name).is_dir():
+        raise UserError(
+            f"data.path: '{name}' is not a local file or folder, and the hub is offline (HF_HUB_OFFLINE=1): on a "
+            f"machine with network run datasets.load_dataset('{name}').save_to_disk('DIR') and pass "
+            f"--data.path DIR, or pass a local JSON/JSONL/CSV/Parquet file"
+        )
+    try:
+        return datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:
+        error = _split_error(description, split, exc)
+        if error:
+            raise error from None
+        raise UserError(
+            f"data.path: could not load {description}: {_reason(exc)}; check the name (and data.subset), or "
+            f"pass a local file"
+        ) from None
+
+
+def load_records(
+    path: str, split: str = "train", subset: str | None = None, column_map: dict[str, str] | None = None
+):
+    """Load the records at ``path`` as a `datasets.Dataset` and rename columns by ``column_map``.
+
+    Raises:
+        UserError: for a missing file, an unknown suffix, a file the parser rejects, an unknown split,
+            an offline hub id, or a column_map naming a column that is not there.
+    """
+    with _quiet_datasets():
+        local = Path(path).expanduser()
+        if local.is_file():
+            records = _load_file(local, split)
+        elif local.is_dir() and any((local / m).exists() for m in _SAVED_MARKERS):
+            records = _load_saved(local, split)
+        elif local.is_dir():
+            if not any(p.suffix.lower() in _BUILDERS for p in local.rglob("*")):
+                raise UserError(
+                    f"data.path: folder '{local}' holds no save_to_disk dataset and no JSON/JSONL/CSV/Parquet file"
+                )
+            records = _load_hub(str(local), subset, split, f"folder '{local}'")
+        elif _looks_like_path(path):
+            raise UserError(
+                f"data.path: file '{local}' not found; pass an existing JSON/JSONL/CSV/Parquet file, a "
+                f"save_to_disk folder or a hub dataset id"
+            )
+        else:
+            records = _load_hub(path, subset, split, f"hub dataset '{path}'")
+    if column_map:
+        missing = [old for old in column_map if old not in records.column_names]
+        if missing:
+            raise UserError(
+                f"data.column_map: '{path}' has no column {', '.join(repr(c) for c in missing)} to rename "
+                f"(its columns: {', '.join(records.column_names)})"
+            )
+        records = records.rename_columns(dict(column_map))
     return records

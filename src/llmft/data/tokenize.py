@@ -35,6 +35,7 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    position_ids: list[int] | None = None  # packed rows only: positions restart at each document
 
 
 def tokenize_segments(

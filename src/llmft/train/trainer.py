@@ -87,6 +87,7 @@ class Trainer:
         env: rank, world size, device.
         metrics: where rows go (main process only); None to log nothing.
         compute_dtype: autocast dtype, or None for plain fp32.
+        group_by_length: batch training examples of similar length (padding batches only).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class Trainer:
         env: DistEnv,
         metrics: MetricsLogger | None = None,
         compute_dtype: torch.dtype | None = None,
+        group_by_length: bool = False,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -109,7 +111,15 @@ class Trainer:
         self.accumulation_steps = accumulation_steps(cfg, env.world_size)
         pin = env.device.type == "cuda"
         self.train_loader = train_loader(
-            train_data, cfg.micro_batch_size, pad_id, cfg.seed, env.rank, env.world_size, pin_memory=pin
+            train_data,
+            cfg.micro_batch_size,
+            pad_id,
+            cfg.seed,
+            env.rank,
+            env.world_size,
+            pin_memory=pin,
+            group_by_length=group_by_length,
+            global_batch=cfg.batch_size,
         )
         self.val_loader = (
             eval_loader(val_data, cfg.micro_batch_size, pad_id, pin_memory=pin) if val_data else None
@@ -120,6 +130,9 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg, env.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.step = 0
+        # Data position: the epoch, and the micro-batches of it already trained on (checkpoints save it).
+        self.epoch = 0
+        self.micro_batches_done = 0
         self._evaluated_at = -1
 
     def attach_metrics(self, metrics: MetricsLogger | None) -> None:
@@ -132,6 +145,19 @@ class Trainer:
     def _to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
 
+    @staticmethod
+    def model_inputs(batch: Batch) -> Batch:
+        """The model's inputs of a collated batch.
+
+        Packed rows carry ``position_ids`` and go in without a 2-D attention mask: transformers then
+        derives a block-diagonal causal mask from the position resets, so documents in a row do not
+        attend to each other (see :mod:`llmft.data.batching`). Their ``attention_mask`` only marks real
+        tokens for counting.
+        """
+        if "position_ids" in batch:
+            return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
     def loss_sum(self, batch: Batch) -> torch.Tensor:
         """Forward pass of one micro-batch; returns the summed loss of its target tokens."""
         batch = self._to_device(batch)
@@ -140,9 +166,7 @@ class Trainer:
             dtype=self.compute_dtype or torch.float32,
             enabled=self.compute_dtype is not None,
         ):
-            logits_BTV = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            ).logits
+            logits_BTV = self.model(**self.model_inputs(batch), use_cache=False).logits
         return token_loss_sum(logits_BTV, batch["labels"])
 
     def accumulate_gradients(self, micro_batches: list[Batch]) -> tuple[torch.Tensor, int]:
@@ -197,27 +221,37 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------
 
+    def data_state(self) -> dict[str, int]:
+        """Where the data stream stands: the epoch and the micro-batches of it already trained on."""
+        return {"epoch": self.epoch, "micro_batches_done": self.micro_batches_done}
+
+    def load_data_state(self, state: dict[str, int]) -> None:
+        """Continue the data stream from ``state`` (of :meth:`data_state`): same order, nothing repeated."""
+        self.epoch, self.micro_batches_done = int(state["epoch"]), int(state["micro_batches_done"])
+
     def global_batches(self) -> Iterator[tuple[int, list[Batch]]]:
         """(epoch, micro-batches) for every optimizer step; each epoch reshuffles deterministically.
 
-        With ``max_steps`` set, epochs continue until that many steps are done.
+        Starts at :meth:`data_state`'s position; with ``max_steps`` set, epochs continue until that many
+        steps are done.
         """
-        epoch = 0
-        while True:
-            self.train_loader.sampler.set_epoch(epoch)
+        while self.cfg.max_steps is not None or self.epoch < self.cfg.epochs:
+            skip = self.micro_batches_done * self.cfg.micro_batch_size
+            self.train_loader.sampler.set_epoch(self.epoch, start=skip)
             group: list[Batch] = []
             for batch in self.train_loader:
                 group.append(batch)
                 if len(group) == self.accumulation_steps:
-                    yield epoch, group
+                    self.micro_batches_done += len(group)
+                    yield self.epoch, group
                     group = []
             if group:
                 # The epoch's remainder is a step of its own (nothing is dropped): a smaller batch
                 # whose gradient is the mean over its own target tokens, like HF Trainer's last step.
-                yield epoch, group
-            epoch += 1
-            if self.cfg.max_steps is None and epoch >= self.cfg.epochs:
-                return
+                self.micro_batches_done += len(group)
+                yield self.epoch, group
+            self.epoch += 1
+            self.micro_batches_done = 0
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
