@@ -45,7 +45,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny-llama": Preset(
         name="tiny-llama",
-        version=1,
+        version=2,  # v2: adds a chat template; weights and vocabulary as in v1
         architecture=dict(
             hidden_size=256,
             intermediate_size=688,
