@@ -88,7 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate = _config_parser(
         sub, "validate", "Check a config (llmft validate CONFIG [overrides], or --config) without running it."
     )
-    parser.commands = {"finetune": finetune, "validate": validate}
+    data = _config_parser(
+        sub, "data", "Inspect the data of a config without training: llmft data preview --config FILE."
+    )
+    data.add_argument("action", choices=["preview"], help="preview: rendered examples, trained tokens marked")
+    data.add_argument(
+        "--num-examples", type=int, default=3, metavar="N", help="examples to print (default 3)"
+    )
+    data.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="mark trained tokens in colour (auto: on a terminal) or between ⟦ ⟧",
+    )
+    parser.commands = {"finetune": finetune, "validate": validate, "data": data}
     return parser
 
 
@@ -138,6 +151,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
     config = load_config(config_path, parse_overrides(extra))
     if args.command == "validate":
         print(f"{config_path}: OK (output_dir {config.resolved_output_dir()})")
+        return 0
+    if args.command == "data":
+        _setup_logging()
+        from llmft.data.preview import preview  # loads the tokenizer and the data, not the model
+
+        if args.num_examples < 0:
+            raise UserError(f"--num-examples {args.num_examples}: give 0 or more")
+        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+        print(preview(config, args.num_examples, color))
         return 0
     if args.print_config:
         print(config.model_copy(update={"output_dir": str(config.resolved_output_dir())}).to_yaml(), end="")

@@ -53,6 +53,7 @@ class DataStats:
     tokens: int = 0
     trained_tokens: int = 0
     truncated: int = 0
+    untrained: int = 0  # examples left without any target (truncation cut every trained token)
     packed_rows: int | None = None
 
     def describe(self) -> str:
@@ -144,11 +145,25 @@ def prepare_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int
             stats.tokens += len(example.input_ids)
             stats.trained_tokens += sum(label != IGNORE_INDEX for label in example.labels)
             stats.truncated += example.truncated
+            stats.untrained += all(label == IGNORE_INDEX for label in example.labels)
             (val if row - 1 in held_out else train).append(example)
     if stats.truncated:
         log.warning(
             "%d of %d examples were longer than data.max_seq_len=%d and were truncated (labels stay aligned)",
             stats.truncated,
+            stats.examples,
+            cfg.max_seq_len,
+        )
+    if stats.untrained:
+        if stats.untrained == stats.examples:
+            raise UserError(
+                f"data.max_seq_len: at {cfg.max_seq_len} tokens no example keeps a trained token (the prompts "
+                f"alone are longer); raise data.max_seq_len"
+            )
+        log.warning(
+            "%d of %d examples keep no trained token after truncation to data.max_seq_len=%d; they add "
+            "compute but no signal - raise data.max_seq_len or shorten the prompts",
+            stats.untrained,
             stats.examples,
             cfg.max_seq_len,
         )
