@@ -108,6 +108,10 @@ def test_bad_files(tiny_tokenizer, tmp_path):
     assert (
         tiny_tokenizer.decode(bundle.train.examples[0].input_ids, skip_special_tokens=True) == "“A, b.” ― C"
     )
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text('quote,author\n"a",b\n"unterminated,x\n')
+    with pytest.raises(UserError, match="bad.csv' could not be read as CSV: .*EOF inside string"):
+        prepare_data(DataSection(path=str(bad_csv)), tiny_tokenizer, seed=0)
     txt = tmp_path / "data.txt"
     txt.write_text("hello")
     with pytest.raises(UserError, match="suffix '.txt'"):
