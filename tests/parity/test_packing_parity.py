@@ -20,7 +20,7 @@ def test_packed_documents_match_documents_alone(tiny_model_dir, tiny_tokenizer, 
         tiny_model_dir, attn_implementation=attn, dtype=torch.float32
     )
     model.eval()
-    cfg = DataSection(format="alpaca", batching="packing", max_seq_len=256, max_samples=24, val_set_size=0)
+    cfg = DataSection(format="alpaca", batching="packing", max_seq_len=512, max_samples=24, val_set_size=0)
     bundle = prepare_data(cfg, tiny_tokenizer, seed=0)
     rows = bundle.train.examples
     assert any(r.position_ids.count(0) >= 3 for r in rows)  # rows really hold several documents
