@@ -193,11 +193,14 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         # own per rank, or all ranks would drop the same positions of their different sequences.
         torch.manual_seed(cfg.train.seed + env.rank)
     compute_dtype = resolve_precision(cfg.train.precision, env.device)
-    # What the matrix products run in: the autocast dtype, else the storage dtype of the weights.
+    # What the matrix products run in: the autocast dtype, else the dtype FSDP gathers the weights in,
+    # else their storage dtype.
     precision = (
         "bf16"
         if compute_dtype is not None
-        else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[cfg.model.dtype]
+        else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
+            cfg.distributed.fsdp.param_dtype or cfg.model.dtype
+        ]
     )
 
     # The trainer checks the batch layout and that something trains, still before any file is written.

@@ -89,7 +89,9 @@ def fsdp_lora(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fsdp_full_checkpointed(tmp_path_factory):
-    settings = {**COMMON, **FULL, "distributed.strategy": "fsdp", "train.gradient_checkpointing": True}
+    # Also the other FSDP options that keep fp32 arithmetic: parameters kept after forward, CPU offload.
+    settings = {**COMMON, **FULL, "distributed.strategy": "fsdp", "train.gradient_checkpointing": True,
+                "distributed.fsdp.reshard_after_forward": False, "distributed.fsdp.cpu_offload": True}  # fmt: skip
     return _launch(tmp_path_factory, "fsdp-full-ac", 2, settings)
 
 
@@ -147,6 +149,7 @@ def test_fsdp_full_finetune_with_activation_checkpointing_gives_the_single_proce
 ):
     out, _ = fsdp_full_checkpointed
     # The one-process run recomputes nothing: checkpointing and sharding together change no loss.
+    assert "parameters kept after forward, CPU offload" in (out / "train.log").read_text()
     assert _losses(out) == pytest.approx(_losses(single_full), abs=TOLERANCE, rel=0)
     tokenizer = AutoTokenizer.from_pretrained(out)
     ours = _logits(AutoModelForCausalLM.from_pretrained(out), tokenizer)
