@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # How to start several processes; named in every error about a missing process group.
 TORCHRUN_HINT = "torchrun --nproc_per_node N -m llmft finetune ..."
+# Whether llmft started the process group (and so may end it): a caller's own group is left alone.
+_owns_process_group = False
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,11 @@ def setup_distributed(cfg: DistributedSection) -> DistEnv:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        global _owns_process_group
+        # On GPUs nccl carries the training collectives; gloo serves the few on CPU tensors (rank 0's
+        # weights broadcast into CPU-offloaded shards, Python objects).
+        dist.init_process_group(backend="cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo")
+        _owns_process_group = True
     mesh = None
     if cfg.strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
@@ -155,13 +161,15 @@ def _quiet_non_main() -> None:
 
 
 def teardown_distributed(wait: bool = True) -> None:
-    """Leave the process group (a no-op for one process).
+    """Leave the process group that :func:`setup_distributed` started (a no-op for one process).
 
     Args:
         wait: meet the other ranks first, so none leaves while another still talks to it; False after
             an error, where the others may never arrive.
     """
-    if dist.is_available() and dist.is_initialized():
+    global _owns_process_group
+    if _owns_process_group and dist.is_initialized():
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+    _owns_process_group = False
