@@ -25,7 +25,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts *.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache  # runs/ holds your runs: delete it yourself

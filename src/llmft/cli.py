@@ -168,7 +168,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
     from llmft.finetune import finetune  # heavy imports (torch, transformers) only when training
 
     result = finetune(config, overwrite=args.overwrite)
-    print(result.report())
+    if result.is_main:  # one report per run, not one per process
+        print(result.report())
     return 0
 
 

@@ -2,13 +2,17 @@
 
 Order of operations (each step fails fast, before the run folder is touched):
  1. check the output folder (never lose an earlier run without --overwrite);
- 2. process layout and device;
+ 2. check the launch: strategy vs. processes, HSDP mesh, batch split over the processes;
  3. resolve the model (preset | local folder | hub id) and load the tokenizer;
  4. read, render and tokenize all data (a bad row stops here, naming file, row and field);
  5. check the PEFT method against a weightless copy of the model (a LoRA target that does not exist);
- 6. load the model, apply activation checkpointing, seed, then the PEFT method (adapters are added
-    after the base is loaded, and the method decides what trains);
- 7. claim the output folder, write the resolved config, train, save, plot, generate a sample.
+ 6. join the process group (ddp, fsdp): every check above ran in each process before any waits;
+ 7. load the model, apply activation checkpointing, seed, then the PEFT method (adapters are added
+    after the base is loaded, and the method decides what trains); with fsdp, every rank does this on
+    the meta device and shards the model, and rank 0 alone reads the weights and sends each rank its
+    shards (:mod:`llmft.distributed.loading`); with ddp, the model is wrapped;
+ 8. claim the output folder, write the resolved config, train, save, plot, generate a sample (rank 0
+    alone writes files and logs; the sharded model saves through a gather to rank 0).
 """
 
 from __future__ import annotations
@@ -23,17 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from llmft.checkpoint.outputs import CONFIG_FILE, check_output_dir, claim_output_dir, save_artifacts
 from llmft.config import Config
 from llmft.data.pipeline import prepare_data
-from llmft.distributed.env import setup_distributed
+from llmft.distributed.env import DistEnv, check_launch, setup_distributed, teardown_distributed
+from llmft.distributed.loading import load_sharded
+from llmft.distributed.parallelize import apply_ddp, full_state_dict, unwrap
 from llmft.inference.generate import generate_text
 from llmft.models.loader import load_causal_lm, load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
 from llmft.peft.methods import apply_method, check_method, count_parameters
 from llmft.train.metrics import MetricsLogger, finite_or_none, plot_losses
 from llmft.train.optim import resolve_precision
-from llmft.train.trainer import Trainer, TrainSummary
+from llmft.train.trainer import Trainer, TrainSummary, accumulation_steps
 
 log = logging.getLogger("llmft")
 
@@ -50,6 +58,7 @@ class RunResult:
     files: dict[str, str]
     model: Any = field(default=None, repr=False)  # the trained model, for callers that go on using it
     tokenizer: Any = field(default=None, repr=False)
+    is_main: bool = True  # False on the other ranks of a multi-process run: they report nothing
 
     def report(self) -> str:
         """The closing message: what happened, where everything was written, one sample."""
@@ -138,41 +147,62 @@ def finetune(cfg: Config, overwrite: bool = False) -> RunResult:
     output_dir = cfg.resolved_output_dir()
     check_output_dir(output_dir, overwrite, _inputs(cfg))
     run_log = _RunLog()
+    finished = False
     try:
-        return _finetune(cfg, output_dir, overwrite, run_log)
+        result = _finetune(cfg, output_dir, overwrite, run_log)
+        finished = True
+        return result
     finally:
         run_log.close()
+        teardown_distributed(wait=finished)
 
 
 def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) -> RunResult:
     from transformers import set_seed
 
-    env = setup_distributed(cfg.distributed)
     # Every input check that needs no weights comes before the first log line, so that a mistake is
-    # reported alone, at once: the model's name, its tokenizer, every data row, the method's targets
-    # (checked on a weightless copy of the model).
+    # reported alone, at once: the launch, the model's name, its tokenizer, every data row, the
+    # method's targets (checked on a weightless copy of the model). Each process checks for itself
+    # before the process group is joined, so a mistake never leaves processes waiting for each other.
+    accumulation_steps(cfg.train, check_launch(cfg.distributed))
     source = resolve_model(cfg.model)
     tokenizer = load_tokenizer(source, cfg.model)
     data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
     check_method(model_skeleton(source, cfg.model), cfg.peft)
+    env = setup_distributed(cfg.distributed)
     log.info("model: %s", source.describe())
     log.info("data: %s from %s (format %s)", data.stats.describe(), data.source, data.format.name)
 
-    model = load_causal_lm(source, cfg.model, env.device)
-    if cfg.train.gradient_checkpointing:
-        # Before the adapters: the base model owns the decoder blocks that recompute.
-        _enable_activation_checkpointing(model)
-    # Seeded here, just before the first random draw of the run (adapter init; then dropout), so that
-    # nothing before it (a preset materialised on first use, say) shifts the stream.
-    set_seed(cfg.train.seed)
-    model = apply_method(model, cfg.peft)
+    def prepare(model):
+        if cfg.train.gradient_checkpointing:
+            # Before the adapters: the base model owns the decoder blocks that recompute; and before
+            # sharding, so that each block recomputes inside its own FSDP unit.
+            _enable_activation_checkpointing(model)
+        # Seeded here, just before the first random draw of the run (adapter init; then dropout), so
+        # that nothing before it (a preset materialised on first use, say) shifts the stream.
+        set_seed(cfg.train.seed)
+        return apply_method(model, cfg.peft)
+
+    if env.strategy == "fsdp":
+        model = load_sharded(source, cfg.model, prepare, cfg.distributed.fsdp, env)
+    else:
+        model = prepare(load_causal_lm(source, cfg.model, env.device))
     log.info("%s: %s", cfg.peft.method, count_parameters(model).describe())
+    if env.strategy == "ddp":
+        model = apply_ddp(model, env)
+    if env.distributed:
+        # Every rank started from the same seed (identical adapters); dropout now draws a stream of its
+        # own per rank, or all ranks would drop the same positions of their different sequences.
+        torch.manual_seed(cfg.train.seed + env.rank)
     compute_dtype = resolve_precision(cfg.train.precision, env.device)
-    # What the matrix products run in: the autocast dtype, else the storage dtype of the weights.
+    # What the matrix products run in: the autocast dtype, else the dtype FSDP gathers the weights in,
+    # else their storage dtype.
     precision = (
         "bf16"
         if compute_dtype is not None
-        else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[cfg.model.dtype]
+        else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
+            cfg.distributed.fsdp.param_dtype or cfg.model.dtype
+        ]
     )
 
     # The trainer checks the batch layout and that something trains, still before any file is written.
@@ -200,26 +230,32 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         env.device,
     )
 
-    claim_output_dir(output_dir, overwrite, _inputs(cfg))
-    # Absolute paths, so the written config reproduces the run from any working folder.
-    resolved = cfg.model_copy(
-        update={
-            "output_dir": os.path.abspath(output_dir),
-            "data": cfg.data.model_copy(update={"path": data.source if cfg.data.path else None}),
-        }
-    )
-    (output_dir / CONFIG_FILE).write_text(resolved.to_yaml(), encoding="utf-8")
-    run_log.open(output_dir)
-    metrics = MetricsLogger(output_dir, tensorboard=cfg.logging.tensorboard)
-    trainer.attach_metrics(metrics)
+    metrics = None
+    if env.is_main:
+        claim_output_dir(output_dir, overwrite, _inputs(cfg))
+        # Absolute paths, so the written config reproduces the run from any working folder.
+        resolved = cfg.model_copy(
+            update={
+                "output_dir": os.path.abspath(output_dir),
+                "data": cfg.data.model_copy(update={"path": data.source if cfg.data.path else None}),
+            }
+        )
+        (output_dir / CONFIG_FILE).write_text(resolved.to_yaml(), encoding="utf-8")
+        run_log.open(output_dir)
+        metrics = MetricsLogger(output_dir, tensorboard=cfg.logging.tensorboard)
+        trainer.attach_metrics(metrics)
     try:
         started = time.perf_counter()
         summary = trainer.fit()
         log.info("trained in %.1fs", time.perf_counter() - started)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
-    saved = [p.name for p in save_artifacts(model, tokenizer, output_dir)]
+    state_dict = full_state_dict(model, env)  # FSDP: every rank sends its shards to rank 0
+    if not env.is_main:
+        return _other_rank_result(model, tokenizer, cfg, env, compute_dtype, data, output_dir, summary)
+    saved = [p.name for p in save_artifacts(unwrap(model), tokenizer, output_dir, state_dict)]
     files = {
         "model" if cfg.peft.method == "none" else "adapter": ", ".join(
             n for n in saved if not _is_tokenizer_file(n)
@@ -238,15 +274,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
 
     # The sample's prompt in the training format (alpaca's template, the chat template, ...).
     prompt = cfg.generation.prompt or data.format.example_prompt
-    sample = generate_text(
-        model,
-        tokenizer,
-        data.format.generation_prompt(prompt),
-        cfg.generation,
-        env.device,
-        compute_dtype,
-        cfg.train.seed,
-    )
+    sample = _sample(model, tokenizer, data.format.generation_prompt(prompt), cfg, env, compute_dtype)
     result = RunResult(
         output_dir, summary, source.ref, precision, str(env.device), prompt, sample, files, model, tokenizer
     )
@@ -271,3 +299,29 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         encoding="utf-8",
     )
     return result
+
+
+def _sample(model, tokenizer, prompt: str, cfg: Config, env: DistEnv, compute_dtype) -> str:
+    """The closing sample. A sharded model's forward is collective, so under FSDP every rank generates
+    (same prompt, same seed, so the same tokens) with ``synced_gpus``: a rank that reaches EOS keeps
+    taking part in the others' forwards until all are done."""
+    return generate_text(
+        unwrap(model),
+        tokenizer,
+        prompt,
+        cfg.generation,
+        env.device,
+        compute_dtype,
+        cfg.train.seed,
+        synced_gpus=env.strategy == "fsdp" and env.world_size > 1,
+    )
+
+
+def _other_rank_result(model, tokenizer, cfg: Config, env: DistEnv, compute_dtype, data, output_dir, summary):
+    """Ranks other than 0 write nothing; under FSDP they still take part in the closing sample."""
+    prompt = cfg.generation.prompt or data.format.example_prompt
+    wrapped = data.format.generation_prompt(prompt)
+    sample = _sample(model, tokenizer, wrapped, cfg, env, compute_dtype) if env.strategy == "fsdp" else ""
+    return RunResult(
+        output_dir, summary, "", "", str(env.device), prompt, sample, {}, model, tokenizer, is_main=False
+    )

@@ -37,3 +37,22 @@ def test_lora_on_cuda(tmp_path):
     losses = result.summary.losses
     assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
     assert (result.output_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("options", [[], ["--distributed.fsdp.cpu_offload", "true"]], ids=["fsdp", "offload"])
+def test_fsdp_on_cuda_with_nccl(tmp_path, options):
+    """FSDP2 on the GPUs present (nccl), as many processes as devices (at least one)."""
+    import json
+
+    from helpers import run_torchrun
+
+    out = tmp_path / "run"
+    result = run_torchrun(
+        max(1, min(torch.cuda.device_count(), 2)), "-m", "llmft", "finetune", "--distributed.strategy", "fsdp",
+        *options, "--train.max_steps", "4", "--train.progress", "false", "--logging.tensorboard", "false",
+        "--generation.max_new_tokens", "4", "--output_dir", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] is not None for r in rows if "loss" in r)
+    assert (out / "adapter_model.safetensors").is_file() and "on cuda" in (out / "train.log").read_text()

@@ -1,20 +1,23 @@
-"""Process layout: one process today, and a clear refusal of launches it cannot serve."""
+"""Process layout: the launch checks (from the environment alone) and the one-process layout.
+
+Multi-process runs themselves are tested for real in tests/distributed.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llmft.config import DistributedSection
-from llmft.distributed.env import resolve_device, setup_distributed
-from llmft.errors import UserError
+from llmft.config import DistributedSection, FsdpSection, build_config
+from llmft.distributed.env import check_launch, resolve_device, setup_distributed
+from llmft.errors import ConfigError, UserError
 
 
 def test_single_process_on_cpu(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     env = setup_distributed(DistributedSection(device="cpu"))
     assert (env.rank, env.world_size, env.is_main, env.device) == (0, 1, True, torch.device("cpu"))
-    assert env.sum(torch.tensor(3)) == 3
+    assert not env.distributed and env.sum(torch.tensor(3)) == 3
 
 
 def test_auto_device_follows_cuda_availability(monkeypatch):
@@ -29,7 +32,31 @@ def test_auto_device_follows_cuda_availability(monkeypatch):
 @pytest.mark.parametrize(
     ("world", "message"), [("2", "launched as 2 processes"), ("x", "WORLD_SIZE 'x' is not a number")]
 )
-def test_multi_process_launch_is_refused(monkeypatch, world, message):
+def test_single_strategy_refuses_a_multi_process_launch(monkeypatch, world, message):
     monkeypatch.setenv("WORLD_SIZE", world)
     with pytest.raises(UserError, match=message):
         setup_distributed(DistributedSection(device="cpu"))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_data_parallel_needs_torchrun(monkeypatch, strategy):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(UserError, match=f"'{strategy}' needs a process group.*torchrun --nproc_per_node N"):
+        check_launch(DistributedSection(strategy=strategy))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: a valid (if small) group
+    assert check_launch(DistributedSection(strategy=strategy)) == 1
+
+
+def test_hsdp_replicas_must_divide_the_world(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert check_launch(DistributedSection(strategy="fsdp", fsdp=FsdpSection(hsdp_replicate=2))) == 8
+    with pytest.raises(UserError, match="3 replica groups do not divide the world size 8; use a divisor"):
+        check_launch(DistributedSection(strategy="fsdp", fsdp=FsdpSection(hsdp_replicate=3)))
+
+
+def test_fsdp_options_need_the_fsdp_strategy():
+    with pytest.raises(ConfigError, match="distributed.fsdp.cpu_offload apply only to strategy fsdp"):
+        build_config({}, {"distributed.fsdp.cpu_offload": True})
+    # A written run config lists every field at its default: that is no mistake.
+    written = build_config({}, {}).model_dump(mode="json")
+    assert build_config(written, {}).distributed.strategy == "single"

@@ -86,6 +86,12 @@ def test_packing_keeps_every_document_whole():
     assert sorted(found) == sorted(d.input_ids for d in docs)
     assert pack_examples(docs, 10) == rows  # deterministic
 
+    dataset = TokenizedDataset(rows)
+    filler = dataset[len(rows) + 1]  # a sampler's padding index: the same row, trained on nothing
+    assert filler["filler"] and filler["input_ids"] == rows[1].input_ids
+    assert set(filler["labels"]) == {IGNORE_INDEX}
+    assert Collator(0)([dataset[0], filler])["num_real_tokens"] == len(rows[0].input_ids)
+
     batch = Collator(pad_id=0, pad_to=12)(
         [{"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids} for r in rows[:2]]
     )
@@ -104,7 +110,13 @@ def test_sampler_order_equals_distributed_sampler(world):
         for epoch in (0, 3):
             ours.set_epoch(epoch)
             theirs.set_epoch(epoch)
-            assert list(ours) == list(theirs)
+            # The same order; indices that DistributedSampler repeats come offset by len (fillers).
+            assert [i % len(lengths) for i in ours] == list(theirs)
+            repeated = (-len(lengths)) % world
+            assert (
+                sum(i >= len(lengths) for r in range(world) for i in ResumableSampler(lengths, world, r, 7))
+                == repeated
+            )
 
 
 def test_sampler_resumes_mid_epoch_and_groups_by_length():

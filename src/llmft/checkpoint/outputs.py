@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from llmft.errors import UserError
 from llmft.hf import quiet_progress_bars
@@ -100,8 +100,13 @@ def claim_output_dir(path: Path, overwrite: bool, inputs: dict[str, Path] | None
     return path
 
 
-def save_artifacts(model: nn.Module, tokenizer, output_dir: Path) -> list[Path]:
+def save_artifacts(
+    model: nn.Module, tokenizer, output_dir: Path, state_dict: dict[str, Tensor] | None = None
+) -> list[Path]:
     """Save the trained model (a PEFT adapter, or the whole model) and the tokenizer into ``output_dir``.
+
+    ``state_dict``: the full weights to write instead of the model's own (a sharded model's weights,
+    gathered on this rank).
 
     Everything is written to a staging folder first and then moved into place, weights before the
     config files that loaders read first (``adapter_config.json`` / ``config.json``): an interrupted
@@ -111,7 +116,9 @@ def save_artifacts(model: nn.Module, tokenizer, output_dir: Path) -> list[Path]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     with quiet_progress_bars():
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(
+            staging, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {})
+        )
         tokenizer.save_pretrained(staging)
     items = sorted(staging.iterdir(), key=lambda p: (p.name in _INDEX_FILES, p.name))
     written = []

@@ -243,11 +243,52 @@ class TrainSection(_Section):
         return self
 
 
-class DistributedSection(_Section):
-    """Process layout. Only one process today; DDP and FSDP arrive as further strategies."""
+class FsdpSection(_Section):
+    """FSDP2 options (``distributed.strategy: fsdp``); see docs/distributed.md."""
 
-    strategy: Literal["single"] = Field("single", description="single: one process on one device.")
+    param_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="Dtype parameters are all-gathered and computed in (gradients are reduced in "
+        "float32); null: their storage dtype.",
+    )
+    reshard_after_forward: bool = Field(
+        True,
+        description="Free gathered parameters after forward (full shard); false keeps them until "
+        "backward (shard-grad-op: less communication, more memory).",
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep sharded parameters, gradients and optimizer state on CPU."
+    )
+    hsdp_replicate: Int = Field(
+        1,
+        ge=1,
+        description="HSDP: replica groups (usually the number of nodes); each shards over "
+        "world size / hsdp_replicate processes. 1: plain FSDP over all processes.",
+    )
+
+
+class DistributedSection(_Section):
+    """Process layout: one process, or data parallel over torchrun's processes (DDP or FSDP2)."""
+
+    strategy: Literal["single", "ddp", "fsdp"] = Field(
+        "single",
+        description="single: one process; ddp: replicate the model in every process (launch with "
+        "torchrun); fsdp: shard it over the processes (FSDP2; launch with torchrun).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
+    fsdp: FsdpSection = Field(default_factory=FsdpSection)
+
+    @model_validator(mode="after")
+    def _fsdp_options_need_fsdp(self) -> DistributedSection:
+        # Compared with the defaults, not with the fields set: a written run config lists them all.
+        changed = [name for name, value in self.fsdp if value != FsdpSection.model_fields[name].default]
+        if self.strategy != "fsdp" and changed:
+            fields = ", ".join(f"distributed.fsdp.{name}" for name in changed)
+            raise ValueError(
+                f"{fields} apply only to strategy fsdp (strategy is '{self.strategy}'); "
+                f"add --distributed.strategy fsdp or drop them"
+            )
+        return self
 
 
 class GenerationSection(_Section):

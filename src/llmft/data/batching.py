@@ -63,7 +63,13 @@ class ResumableSampler(Sampler[int]):
 
     The order equals ``torch.utils.data.DistributedSampler(shuffle=True, seed=seed)``: a permutation
     seeded with ``seed + epoch``, padded by repetition to a multiple of the world size, then every
-    ``num_replicas``-th index from ``rank``. Two things it adds, which torch's sampler lacks:
+    ``num_replicas``-th index from ``rank``. Except that a repeated index is offset by the data set's
+    length: :class:`llmft.data.pipeline.TokenizedDataset` serves it as a *filler*, the same example with
+    every label -100. Every rank still runs the same number of forward/backward passes (FSDP and DDP
+    need that), but no example counts twice, so an epoch's last step equals the one-process run's
+    instead of double-weighting the repeated examples as DistributedSampler does.
+
+    Two further things it adds, which torch's sampler lacks:
 
     - ``group_by_length``: HF Trainer's grouping (megabatches of up to 50 global batches sorted by length,
       the longest batch first) so that padded batches waste little;
@@ -106,9 +112,10 @@ class ResumableSampler(Sampler[int]):
         if self.group_by_length:
             indices = self._grouped(indices)
         total = self.per_rank * self.num_replicas
-        while len(indices) < total:  # repeat from the start, like DistributedSampler
-            indices += indices[: total - len(indices)]
-        return indices[self.rank : total : self.num_replicas]
+        fillers: list[int] = []
+        while len(indices) + len(fillers) < total:  # repeat from the start, like DistributedSampler
+            fillers += [i + n for i in indices[: total - len(indices) - len(fillers)]]
+        return (indices + fillers)[self.rank : total : self.num_replicas]
 
     def _grouped(self, indices: list[int]) -> list[int]:
         mult = max(1, min(len(indices) // (self.global_batch * 4), 50))
@@ -133,10 +140,11 @@ class Collator:
     """Right-pads a micro-batch: input ids with ``pad_id``, labels with -100; builds the masks.
 
     Padding positions never count as targets: the label mask, not the pad id, decides, so a tokenizer
-    whose pad token is its EOS still trains on real EOS tokens. ``attention_mask`` marks real tokens
-    (the trainer counts them); for packed rows ``position_ids`` are added, and the padding continues as
-    a run of its own (positions from 0) that no real token attends to. ``pad_to`` fixes the row length
-    (packed rows), else rows are padded to the longest in the batch.
+    whose pad token is its EOS still trains on real EOS tokens. ``attention_mask`` marks the tokens of
+    each row; ``num_real_tokens`` counts those of rows that are not fillers (see
+    :class:`ResumableSampler`), for tokens/s. For packed rows ``position_ids`` are added, and the
+    padding continues as a run of its own (positions from 0) that no real token attends to. ``pad_to``
+    fixes the row length (packed rows), else rows are padded to the longest in the batch.
     """
 
     def __init__(self, pad_id: int, pad_to: int | None = None) -> None:
@@ -160,7 +168,13 @@ class Collator:
             if position_ids is not None:
                 position_ids[row, :n] = torch.tensor(example["position_ids"])
                 position_ids[row, n:] = torch.arange(width - n)
-        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        real = sum(len(e["input_ids"]) for e in examples if not e.get("filler"))
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "num_real_tokens": torch.tensor(real),
+        }
         if position_ids is not None:
             out["position_ids"] = position_ids
         return out

@@ -33,11 +33,17 @@ class TokenizedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        example = self.examples[index]
-        item = {"input_ids": example.input_ids, "labels": example.labels}
+    def __getitem__(self, index: int) -> dict:
+        # Indices past the end are fillers (the sampler's padding to a multiple of the world size): the
+        # example at index - len, trained on nothing.
+        filler = index >= len(self.examples)
+        example = self.examples[index - len(self.examples) if filler else index]
+        labels = [IGNORE_INDEX] * len(example.labels) if filler else example.labels
+        item: dict = {"input_ids": example.input_ids, "labels": labels}
         if example.position_ids is not None:
             item["position_ids"] = example.position_ids
+        if filler:
+            item["filler"] = True
         return item
 
     def lengths(self) -> list[int]:

@@ -17,8 +17,13 @@ def generate_text(
     device: torch.device,
     compute_dtype: torch.dtype | None = None,
     seed: int = 0,
+    synced_gpus: bool = False,
 ) -> str:
-    """The completion of ``prompt`` (new text only), greedy unless ``cfg.do_sample``."""
+    """The completion of ``prompt`` (new text only), greedy unless ``cfg.do_sample``.
+
+    ``synced_gpus``: every process of a sharded (FSDP) model calls this, and each keeps running forward
+    passes until all have finished, since each forward gathers weights from all of them.
+    """
     was_training = model.training
     model.eval()
     inputs = tokenizer(prompt, return_tensors="pt").to(device)
@@ -34,6 +39,7 @@ def generate_text(
                 max_new_tokens=cfg.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                synced_gpus=synced_gpus,
                 **({"do_sample": False} | sampling),
             )
     finally:

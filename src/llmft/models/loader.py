@@ -176,7 +176,9 @@ def _loading(source: ModelSource, what: str) -> Iterator[None]:
 def model_skeleton(source: ModelSource, cfg: ModelSection):
     """The model's modules on the meta device, built from its config alone: no weights are read.
 
-    Lets the run check a method against the model (its layer names) before loading gigabytes.
+    Lets the run check a method against the model (its layer names) before loading gigabytes, and lets
+    FSDP ranks build their modules without reading weights; dtype and attention kernel are those of
+    :func:`load_causal_lm` (``from_config`` would otherwise take the dtype recorded in config.json).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -185,7 +187,12 @@ def model_skeleton(source: ModelSource, cfg: ModelSection):
             source.ref, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+            return AutoModelForCausalLM.from_config(
+                config,
+                trust_remote_code=cfg.trust_remote_code,
+                dtype=DTYPES[cfg.dtype],
+                attn_implementation=cfg.attn_implementation,
+            )
 
 
 def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device):

@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from llmft.config import TrainSection, batch_problem
 from llmft.data.pipeline import TokenizedDataset, eval_loader, train_loader
 from llmft.distributed.env import DistEnv
+from llmft.distributed.parallelize import clip_grad_norm_, gradient_sync
 from llmft.errors import UserError
 from llmft.train.loss import count_targets, token_loss_sum
 from llmft.train.metrics import MetricsLogger
@@ -175,15 +176,21 @@ class Trainer:
         Each micro-batch's summed loss is divided by the number of target tokens of the whole global
         batch (all micro-batches, all processes), so the accumulated gradient equals the gradient of
         the mean token loss of the global batch. Returns (summed loss, global target tokens).
+
+        With several processes, DDP and FSDP *average* the gradients over them, but the division by the
+        global count already makes the sum over processes the right gradient; so each loss is also
+        multiplied by the world size (``x * 1 / n`` is bit-identical to ``x / n`` for one process).
         """
         local_targets = sum(count_targets(mb["labels"]) for mb in micro_batches)
         global_targets = int(self.env.sum(torch.tensor(local_targets, dtype=torch.long)))
         total = torch.zeros((), device=self.env.device)
         if global_targets == 0:
             return total, 0
-        for batch in micro_batches:
-            loss = self.loss_sum(batch)
-            (loss / global_targets).backward()
+        for index, batch in enumerate(micro_batches):
+            # DDP all-reduces only after the last micro-batch (see gradient_sync).
+            with gradient_sync(self.model, enabled=index == len(micro_batches) - 1):
+                loss = self.loss_sum(batch)
+                (loss * self.env.world_size / global_targets).backward()
             total += loss.detach()
         return self.env.sum(total), global_targets
 
@@ -193,7 +200,7 @@ class Trainer:
         A non-finite gradient norm stops the run before the step would write NaN into the weights.
         """
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm))
+        grad_norm = clip_grad_norm_(self.parameters, max_norm)
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(
                 f"gradient norm is {grad_norm} at step {self.step + 1}; lower train.lr (now {self.cfg.lr:g}), "
@@ -216,7 +223,7 @@ class Trainer:
             )
         grad_norm = self.optimizer_step()
         self.step += 1
-        real = int(self.env.sum(torch.tensor(sum(int(mb["attention_mask"].sum()) for mb in micro_batches))))
+        real = int(self.env.sum(torch.tensor(sum(int(mb["num_real_tokens"]) for mb in micro_batches))))
         return StepResult(self.step, loss, targets, real, grad_norm, lr, time.perf_counter() - started)
 
     # ---------------------------------------------------------------------------------------------

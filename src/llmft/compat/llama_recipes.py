@@ -1,0 +1,258 @@
+"""llama-recipes' training flags, translated onto ``llmft finetune`` (the ``fsdp_finetuning.py`` shim).
+
+Only the flags given are translated; everything else keeps llmft's defaults (not llama-recipes'),
+and llmft's own dotted flags (``--train.lr``) pass through unchanged. The table of flags is in
+docs/distributed.md. The translation is pure (argv in, argv out) so that it is tested without a run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from llmft.errors import EXIT_USER_ERROR, UserError
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+# Flags that are booleans in llama-recipes: given alone they mean true (python-fire's convention).
+_BOOLEAN = {
+    "use_peft",
+    "enable_fsdp",
+    "mixed_precision",
+    "fsdp_config.pure_bf16",
+    "fsdp_config.fsdp_activation_checkpointing",
+    "fsdp_config.fsdp_cpu_offload",
+    "freeze_layers",
+    "quantization",
+}
+_VALUED = {
+    "model_name",
+    "dataset",
+    "batch_size_training",
+    "gradient_accumulation_steps",
+    "num_epochs",
+    "max_train_step",
+    "lr",
+    "peft_method",
+    "output_dir",
+    "batching_strategy",
+    "context_length",
+    "num_freeze_layers",
+    "train_strategy",
+    "seed",
+    "fsdp_config.sharding_strategy",
+}
+# llama-recipes dataset names -> llmft data formats.
+DATASETS = {
+    "alpaca_dataset": "alpaca",
+    "grammar_dataset": "grammar",
+    "quotes_dataset": "quotes",
+    "english_quotes": "quotes",
+}
+# llama-recipes' defaults, used only to complete a batch size when one of its two factors is given.
+_RECIPES_MICRO_BATCH, _RECIPES_ACCUMULATION = 4, 1
+# llmft's passthrough flags that are not dotted config keys.
+_LLMFT_FLAGS = {"config", "overwrite", "print-config"}
+
+
+def _boolean(flag: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise UserError(f"--{flag}: expected true or false, got '{value}'")
+
+
+def _parse(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
+    """Split argv into llama-recipes flags (name -> value) and llmft's own arguments."""
+    recipes: dict[str, str | bool] = {}
+    passthrough: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("--"):
+            raise UserError(f"unexpected argument '{token}'; flags look like --name VALUE")
+        name, has_value, value = token[2:].partition("=")
+        if name in _BOOLEAN:
+            if not has_value and i < len(tokens) and tokens[i].lower() in _TRUE | _FALSE:
+                value, has_value, i = tokens[i], True, i + 1
+            recipes[name] = _boolean(name, value) if has_value else True
+        elif name in _VALUED:
+            if not has_value:
+                if i >= len(tokens) or tokens[i].startswith("--"):
+                    raise UserError(f"--{name} needs a value")
+                value, i = tokens[i], i + 1
+            recipes[name] = value
+        elif "." in name or name in _LLMFT_FLAGS:
+            passthrough.append(token)  # llmft's own flag; its value (if any) follows as is
+            while i < len(tokens) and not tokens[i].startswith("--"):
+                passthrough.append(tokens[i])
+                i += 1
+        else:
+            known = ", ".join(f"--{n}" for n in sorted(_BOOLEAN | _VALUED))
+            raise UserError(
+                f"unknown flag '--{name}'; the llama-recipes flags llmft maps are {known}, and any llmft "
+                f"config field can be set as --section.key VALUE (see llmft finetune --help)"
+            )
+    return recipes, passthrough
+
+
+def _dataset(name: str) -> list[str]:
+    if name in DATASETS:
+        return ["--data.format", DATASETS[name]]
+    if name == "samsum_dataset":
+        raise UserError(
+            "--dataset samsum_dataset: llmft does not bundle samsum; export it to JSONL and pass "
+            "--data.path FILE with a matching --data.format"
+        )
+    if name == "custom_dataset":
+        raise UserError(
+            "--dataset custom_dataset: llama-recipes loads a Python file; in llmft pass "
+            "--data.path FILE (JSON, JSONL, CSV or Parquet) and --data.format NAME"
+        )
+    return ["--data.format", name]  # an llmft format name; the config check names the known ones
+
+
+def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
+    """llama-recipes style argv -> ``llmft finetune`` argv.
+
+    Args:
+        argv: the flags, without the program name.
+        world_size: processes of the launch (default: ``WORLD_SIZE``, else 1); llama-recipes' batch
+            size is per process and llmft's ``train.batch_size`` is global.
+
+    Raises:
+        UserError: for a flag llmft cannot honour (yet), with what to do instead.
+    """
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    recipes, passthrough = _parse(argv)
+    out: list[str] = []
+
+    if recipes.get("quantization"):
+        raise UserError(
+            "--quantization: quantized (QLoRA) bases are not supported yet; drop --quantization to "
+            "fine-tune the base in its stored dtype (--model.dtype bfloat16 halves its memory)"
+        )
+    if recipes.get("freeze_layers") or "num_freeze_layers" in recipes:
+        raise UserError(
+            "--freeze_layers / --num_freeze_layers: freezing the bottom layers is not supported yet; "
+            "use --use_peft (LoRA) or full fine-tuning"
+        )
+
+    strategy = recipes.get("train_strategy")
+    if strategy is not None and strategy not in ("single", "ddp", "fsdp"):
+        raise UserError(f"--train_strategy: '{strategy}' is not one of single, ddp, fsdp")
+    if "enable_fsdp" in recipes:
+        implied = "fsdp" if recipes["enable_fsdp"] else "single"
+        if strategy is not None and strategy != implied:
+            raise UserError(
+                f"--enable_fsdp {recipes['enable_fsdp']} contradicts --train_strategy {strategy}; pass one"
+            )
+        strategy = implied
+    sharding = recipes.get("fsdp_config.sharding_strategy")
+    if sharding is not None:
+        out += _sharding(str(sharding), world_size)
+        if sharding == "NO_SHARD":
+            strategy = "ddp"
+    if strategy is not None:
+        out += ["--distributed.strategy", str(strategy)]
+
+    simple = {
+        "model_name": "model.name",
+        "num_epochs": "train.epochs",
+        "lr": "train.lr",
+        "output_dir": "output_dir",
+        "context_length": "data.max_seq_len",
+        "seed": "train.seed",
+    }
+    for flag, key in simple.items():
+        if flag in recipes:
+            out += [f"--{key}", str(recipes[flag])]
+    if "dataset" in recipes:
+        out += _dataset(str(recipes["dataset"]))
+    if recipes.get("max_train_step") not in (None, "0"):  # llama-recipes: 0 means no limit
+        out += ["--train.max_steps", str(recipes["max_train_step"])]
+
+    if "batch_size_training" in recipes or "gradient_accumulation_steps" in recipes:
+        if any(t.startswith(("--train.batch_size", "--train.micro_batch_size")) for t in passthrough):
+            raise UserError(
+                "--batch_size_training / --gradient_accumulation_steps and --train.batch_size / "
+                "--train.micro_batch_size set the same thing; pass one pair"
+            )
+        micro = int(recipes.get("batch_size_training", _RECIPES_MICRO_BATCH))
+        accumulation = int(recipes.get("gradient_accumulation_steps", _RECIPES_ACCUMULATION))
+        # llama-recipes' batch is per process and step; llmft's train.batch_size is global.
+        out += [
+            "--train.micro_batch_size",
+            str(micro),
+            "--train.batch_size",
+            str(micro * accumulation * world_size),
+        ]
+
+    use_peft = recipes.get("use_peft")
+    method = recipes.get("peft_method")
+    if method is not None and method != "lora":
+        raise UserError(f"--peft_method {method}: llmft supports lora so far; use --peft_method lora")
+    if use_peft is False:
+        out += ["--peft.method", "none"]
+    elif use_peft or method:
+        out += ["--peft.method", "lora"]
+
+    batching = recipes.get("batching_strategy")
+    if batching is not None:
+        out += _batching(str(batching))
+    if "mixed_precision" in recipes:
+        # llama-recipes: bf16 where the hardware has it; llmft's 'auto' decides the same way.
+        out += ["--train.precision", "auto" if recipes["mixed_precision"] else "fp32"]
+    if recipes.get("fsdp_config.pure_bf16"):
+        out += ["--model.dtype", "bfloat16"]
+        if strategy == "fsdp":
+            out += ["--distributed.fsdp.param_dtype", "bfloat16"]
+    if "fsdp_config.fsdp_activation_checkpointing" in recipes:
+        out += [
+            "--train.gradient_checkpointing",
+            str(recipes["fsdp_config.fsdp_activation_checkpointing"]).lower(),
+        ]
+    if recipes.get("fsdp_config.fsdp_cpu_offload"):
+        out += ["--distributed.fsdp.cpu_offload", "true"]
+    return out + passthrough
+
+
+def _sharding(name: str, world_size: int) -> list[str]:
+    """FSDP1's sharding strategies as FSDP2 options."""
+    if name == "FULL_SHARD":
+        return []
+    if name == "SHARD_GRAD_OP":
+        return ["--distributed.fsdp.reshard_after_forward", "false"]
+    if name == "HYBRID_SHARD":
+        # Replicate across nodes, shard inside each: as many replica groups as nodes.
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+        return ["--distributed.fsdp.hsdp_replicate", str(max(1, world_size // per_node))]
+    if name == "NO_SHARD":
+        return []
+    raise UserError(
+        f"--fsdp_config.sharding_strategy: '{name}' is not one of FULL_SHARD, SHARD_GRAD_OP, "
+        f"HYBRID_SHARD, NO_SHARD"
+    )
+
+
+def _batching(name: str) -> list[str]:
+    if name not in ("padding", "packing"):
+        raise UserError(f"--batching_strategy: '{name}' is not one of padding, packing")
+    return ["--data.batching", name]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fsdp_finetuning.py``: translate, then run ``llmft finetune``."""
+    from llmft.cli import main as llmft_main
+
+    try:
+        translated = translate(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"llmft: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return llmft_main(["finetune", *translated])

@@ -1,0 +1,133 @@
+"""RAM-efficient loading for FSDP: only rank 0 reads the checkpoint; every rank receives its shards.
+
+Every rank builds the model on the meta device (no memory), applies the model transforms (activation
+checkpointing, PEFT method) and shards it; then rank 0 alone loads the full model on the CPU, applies
+the same transforms with the same seed (so adapters start exactly as in a one-process run), and
+``set_model_state_dict(..., broadcast_from_rank0=True)`` sends each rank its shards. Host memory: rank
+0 holds one full copy on the CPU for the duration of the load, the others only their shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from llmft.config import FsdpSection, ModelSection
+from llmft.distributed.env import DistEnv
+from llmft.distributed.parallelize import apply_fsdp, hf_model
+from llmft.models.loader import ModelSource, load_causal_lm, model_skeleton
+
+log = logging.getLogger(__name__)
+
+
+def _peak_host_mib() -> float:
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _is_meta(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return (tensor.to_local() if isinstance(tensor, DTensor) else tensor).is_meta
+
+
+def _key_problem(model: nn.Module, reference: nn.Module) -> str | None:
+    """Why rank 0's full model and the sharded one differ in weight or buffer names, or None."""
+    problems = []
+    for what, ours, theirs in (
+        ("weights", model.state_dict().keys(), reference.state_dict().keys()),
+        ("buffers", dict(model.named_buffers()).keys(), dict(reference.named_buffers()).keys()),
+    ):
+        missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        if missing:
+            problems.append(f"{len(missing)} {what} missing from the checkpoint (e.g. {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected {what} in the checkpoint (e.g. {unexpected[0]})")
+    if _tied(reference) and not _tied(model):
+        problems.append("the input and output embeddings are tied in the checkpoint but not when sharded")
+    return "; ".join(problems) or None
+
+
+def _tied(model: nn.Module) -> bool:
+    base = hf_model(model)
+    output = base.get_output_embeddings()
+    return output is not None and output.weight is base.get_input_embeddings().weight
+
+
+def load_sharded(
+    source: ModelSource,
+    model_cfg: ModelSection,
+    prepare: Callable[[nn.Module], nn.Module],
+    fsdp_cfg: FsdpSection,
+    env: DistEnv,
+) -> nn.Module:
+    """The model to train, sharded with FSDP2 over ``env.mesh``, with rank 0's weights in the shards.
+
+    Args:
+        source / model_cfg: what to load and how.
+        prepare: the model transforms of the run (activation checkpointing, seed, PEFT method); applied
+            to the meta model on every rank and to the full model on rank 0, identically.
+        fsdp_cfg: the FSDP options.
+        env: the process layout (its ``mesh``).
+
+    Raises:
+        RuntimeError: if a weight or buffer name differs between checkpoint and model, or anything is
+            left on the meta device (a bug, not a user error).
+    """
+    model = prepare(model_skeleton(source, model_cfg))
+    apply_fsdp(model, fsdp_cfg, env.mesh)
+    # Real (uninitialised) storage for this rank's shards: the full tensors never exist here.
+    model.to_empty(device="cpu" if fsdp_cfg.cpu_offload else env.device)
+
+    reference, full = None, {}
+    if env.is_main:
+        reference = prepare(load_causal_lm(source, model_cfg, torch.device("cpu")))
+        full = reference.state_dict()
+    # Rank 0 alone can compare names; all ranks raise together rather than hang in the broadcast.
+    shared = (
+        [_key_problem(model, reference), hf_model(reference).generation_config] if reference else [None, None]
+    )
+    dist.broadcast_object_list(shared, src=0)
+    problem, generation_config = shared
+    if problem:
+        raise RuntimeError(f"loading {source.ref} into the sharded model: {problem}")
+    hf_model(model).generation_config = generation_config
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(
+        model,
+        full,
+        options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=True, strict=True, cpu_offload=fsdp_cfg.cpu_offload
+        ),
+    )
+    # Buffers that are not in a state dict (rotary inv_freq is non-persistent) were only allocated by
+    # to_empty: rank 0 sends its computed values. Written by hand: no torch.distributed helper covers
+    # non-persistent buffers. FSDP does not shard buffers, so each is a whole tensor on every rank.
+    reference_buffers = dict(reference.named_buffers()) if reference is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if env.is_main:
+                buffer.copy_(reference_buffers[name])
+            dist.broadcast(buffer, src=0)
+    del reference, full, reference_buffers
+
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if _is_meta(t)]
+    if left:
+        raise RuntimeError(f"{len(left)} tensors were left on the meta device after loading: {left[:3]}")
+    peaks = [None] * env.world_size
+    dist.all_gather_object(peaks, round(_peak_host_mib()))
+    log.info(
+        "loaded on rank 0, sharded over %d processes; peak host memory at load: %s",
+        env.world_size,
+        ", ".join(f"rank {rank} {mib:,} MiB" for rank, mib in enumerate(peaks)),
+    )
+    return model

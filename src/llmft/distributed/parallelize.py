@@ -1,0 +1,173 @@
+"""Parallelize a model for its strategy: FSDP2 (``fully_shard``), DDP, or nothing.
+
+Order of operations for FSDP (each step needs the one before):
+ 1. build the model, on the meta device (:mod:`llmft.distributed.loading`);
+ 2. activation checkpointing, once, on the decoder blocks (transformers' own switch), so that the
+    recompute happens inside each block's FSDP unit and re-gathers its parameters in backward;
+ 3. the PEFT method: adapters are parameters of the blocks, so they are sharded with them;
+ 4. ``fully_shard`` per decoder block, then the root (embeddings, final norm, head);
+ 5. weights arrive from rank 0 into the shards (:func:`llmft.distributed.loading.load_sharded`).
+
+Gradients: DDP and FSDP *average* gradients over the processes, whereas the trainer's loss is already
+normalised by the global number of target tokens and wants them *summed*; the trainer multiplies each
+micro-batch's loss by the world size to undo the average (see ``Trainer.accumulate_gradients``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from llmft.config import FsdpSection
+from llmft.distributed.env import DistEnv
+from llmft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside ``model`` (a DDP wrapper, a PeftModel, or the model itself)."""
+    model = unwrap(model)
+    get_base = getattr(model, "get_base_model", None)  # PeftModel
+    return get_base() if callable(get_base) else model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under a DDP wrapper (FSDP2 wraps nothing: it changes the modules in place)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformer, found from the model itself, never by a hard-coded class.
+
+    transformers names them in ``_no_split_modules`` (the classes that device maps never split, e.g.
+    ``LlamaDecoderLayer``); failing that, the children of the longest ``nn.ModuleList`` are taken.
+    """
+    base = hf_model(model)
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if not blocks:
+        lists = [m for m in base.modules() if isinstance(m, nn.ModuleList)]
+        blocks = list(max(lists, key=len)) if lists else []
+    if not blocks:
+        raise UserError(
+            f"distributed.strategy fsdp: found no decoder blocks in {type(base).__name__} (no "
+            f"_no_split_modules and no module list) to shard one by one; use --distributed.strategy ddp"
+        )
+    return blocks
+
+
+def apply_fsdp(model: nn.Module, cfg: FsdpSection, mesh) -> nn.Module:
+    """Shard ``model`` in place with FSDP2: one unit per decoder block, then the root.
+
+    Gradients are reduced in float32 whatever ``param_dtype`` is, so that summing many ranks' low
+    precision gradients loses nothing. The root unit is the transformers model (inside a PeftModel),
+    whose forward ``generate`` calls directly: its hooks must run there to gather the embeddings.
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mixed_precision = MixedPrecisionPolicy(
+        param_dtype=DTYPES[cfg.param_dtype] if cfg.param_dtype else None, reduce_dtype=torch.float32
+    )
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cfg.cpu_offload else OffloadPolicy()
+    options = dict(mesh=mesh, mp_policy=mixed_precision, offload_policy=offload)
+    blocks = decoder_blocks(model)
+    for block in blocks:
+        fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, **options)
+    # The root is all-gathered first in forward and used last (the head), so resharding it after
+    # forward would only gather it again at once for backward: keep it, as torchtitan does.
+    fully_shard(hf_model(model), reshard_after_forward=False, **options)
+    log.info(
+        "fsdp: %d %s units + root over mesh %s (param dtype %s, reduce float32%s%s)",
+        len(blocks),
+        type(blocks[0]).__name__,
+        tuple(mesh.shape) if mesh is not None else "default",
+        cfg.param_dtype or "as stored",
+        ", parameters kept after forward" if not cfg.reshard_after_forward else "",
+        ", CPU offload" if cfg.cpu_offload else "",
+    )
+    return model
+
+
+def apply_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
+    """Replicate ``model`` in every process with DDP (its weights are broadcast from rank 0)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model,
+        device_ids=[env.device.index] if env.device.type == "cuda" else None,
+        # The model's buffers (rotary frequencies) never change: no broadcast before every forward.
+        broadcast_buffers=False,
+    )
+
+
+def gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """Context for one micro-batch's backward: ``enabled`` on the last micro-batch of a step.
+
+    DDP skips its all-reduce (``no_sync``) on the other micro-batches and reduces the accumulated
+    gradient once. FSDP reduce-scatters every micro-batch on purpose: skipping it would keep each
+    rank's whole unsharded gradient until the last micro-batch, the memory FSDP exists to save.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel) and not enabled:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def clip_grad_norm_(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm (over all processes and shards); returns it before clipping.
+
+    ``torch.nn.utils.get_total_norm`` on FSDP's sharded (DTensor) gradients gives a DTensor whose
+    ``full_tensor()`` reduces the partial norms over the ranks; for plain tensors this is exactly
+    ``clip_grad_norm_``.
+    """
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return float(total)
+
+
+def full_state_dict(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor] | None:
+    """Gather an FSDP model's full weights onto rank 0's CPU (all ranks must call); None otherwise.
+
+    For a PeftModel only the trainable weights (the adapter) are gathered: that is all it saves.
+    """
+    if env.strategy != "fsdp":
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    is_peft = hf_model(model) is not unwrap(model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=is_peft)
+    return get_model_state_dict(model, options=options)
+
+
+def local_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes this process holds of ``tensors`` (only its own shard of a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    total = 0
+    for tensor in tensors:
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        total += local.numel() * local.element_size()
+    return total
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    """The optimizer's per-parameter state tensors (e.g. AdamW's moments), without the step counts."""
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.ndim > 0:
+                yield value

@@ -1,0 +1,81 @@
+"""Launched by the distributed tests under torchrun (not a test itself): FSDP with frozen layers.
+
+Builds tiny-llama for full fine-tuning through llmft's own pieces (launch, rank-0 loading into shards,
+the Trainer), freezes the two bottom blocks and, inside block 2, the attention only (mixed
+requires_grad in one FSDP unit), trains a few steps and writes, per rank, what it holds (parameter and
+optimizer-state bytes of its shards) and, on rank 0, which weights changed.
+
+    torchrun --nproc_per_node 2 tests/distributed/fsdp_worker.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from llmft.config import DistributedSection, ModelSection, PeftSection, build_config
+from llmft.data.pipeline import prepare_data
+from llmft.distributed.env import setup_distributed, teardown_distributed
+from llmft.distributed.loading import load_sharded
+from llmft.distributed.parallelize import local_bytes, optimizer_state_tensors
+from llmft.models.loader import load_tokenizer, resolve_model
+from llmft.peft.methods import apply_method
+from llmft.train.trainer import Trainer
+
+FROZEN_BLOCKS = (0, 1)
+FROZEN_IN_BLOCK_2 = "layers.2.self_attn."
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model = apply_method(model, PeftSection(method="none"))
+    for name, parameter in model.named_parameters():
+        if any(f"layers.{i}." in name for i in FROZEN_BLOCKS) or FROZEN_IN_BLOCK_2 in name:
+            parameter.requires_grad_(False)
+    return model
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {k: v.clone() for k, v in get_model_state_dict(model, options=options).items()}
+
+
+def main(out: Path) -> None:
+    cfg = build_config(
+        {},
+        {"train.max_steps": 3, "train.lr": 1e-3, "train.precision": "fp32", "train.progress": False,
+         "train.batch_size": 8, "train.micro_batch_size": 2, "data.max_samples": 48},
+    )  # fmt: skip
+    source = resolve_model(ModelSection())  # before the process group: presets are written by all
+    env = setup_distributed(DistributedSection(strategy="fsdp", device="cpu"))
+    tokenizer = load_tokenizer(source, cfg.model)
+    data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
+    model = load_sharded(source, cfg.model, freeze, cfg.distributed.fsdp, env)
+    before = full_weights(model)
+    trainer = Trainer(model, cfg.train, data.train, None, tokenizer.pad_token_id, env)
+    summary = trainer.fit()
+    after = full_weights(model)
+
+    params = list(model.parameters())
+    report = {
+        "rank": env.rank,
+        "losses": summary.losses,
+        "param_bytes_local": local_bytes(params),
+        "param_bytes_full": sum(p.numel() * p.element_size() for p in params),
+        "optimizer_bytes_local": local_bytes(optimizer_state_tensors(trainer.optimizer)),
+        # AdamW keeps two fp32 moments per trainable element.
+        "optimizer_bytes_full": sum(2 * p.numel() * 4 for p in params if p.requires_grad),
+        "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+    }
+    if env.is_main:
+        report["changed"] = sorted(k for k in before if not torch.equal(before[k], after[k]))
+        report["unchanged"] = sorted(k for k in before if torch.equal(before[k], after[k]))
+    (out / f"rank{env.rank}.json").write_text(json.dumps(report))
+    teardown_distributed()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

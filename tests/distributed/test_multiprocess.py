@@ -1,0 +1,296 @@
+"""FSDP2 and DDP for real: gloo process groups of 2 and 4 CPU processes started by torchrun.
+
+Every multi-process run is compared with the one-process run on the same global batch (fp32, LoRA
+dropout off, so both follow the same arithmetic up to the order of float sums). Each launch is a
+module-scoped fixture that several tests read, so the suite pays for it once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from helpers import dist_env, free_port, run_cli, run_torchrun, torchrun_command
+from llmft.config import build_config
+from llmft.finetune import finetune
+
+REPO = Path(__file__).resolve().parents[2]
+# A global batch of 8 = micro-batch 2 x 2 accumulation x 2 processes (or 4 x 2 x 1 in one process... the
+# split does not change the step's loss: it is normalised by the global target count).
+COMMON = {
+    "train.max_steps": 4,
+    "train.precision": "fp32",
+    "train.batch_size": 8,
+    "train.micro_batch_size": 2,
+    "train.eval_every": 0,
+    "train.progress": False,
+    "data.max_samples": 64,
+    "peft.lora.dropout": 0.0,  # dropout masks depend on the micro-batch layout; off for exact parity
+    "generation.max_new_tokens": 6,
+    "logging.tensorboard": False,
+    "logging.plot": False,
+}
+LORA = {"train.lr": 1e-2}  # large enough that four steps move the adapter far from zero
+FULL = {"peft.method": "none", "train.lr": 1e-3}
+TOLERANCE = 1e-5  # fp32 sums in another order differ by ~1e-6; a real difference is far larger
+TEXTS = ["“Well done is better than well said.” ― Benjamin Franklin", "“Know thyself.”"]
+
+
+def _flags(settings: dict) -> list[str]:
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value).lower())]
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_rows(out: Path) -> list[dict]:
+    return [r for r in _rows(out) if "loss" in r]
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in _train_rows(out)]
+
+
+def _launch(tmp_path_factory, name: str, nproc: int, settings: dict, *program: str) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("dist") / name
+    result = run_torchrun(nproc, *(program or ("-m", "llmft", "finetune")), *_flags(settings),
+                          "--output_dir", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result.stdout
+
+
+def _single(tmp_path_factory, name: str, settings: dict) -> Path:
+    out = tmp_path_factory.mktemp("single") / name
+    finetune(build_config({}, {**settings, "output_dir": str(out)}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_lora(tmp_path_factory) -> Path:
+    return _single(tmp_path_factory, "lora", {**COMMON, **LORA})
+
+
+@pytest.fixture(scope="module")
+def single_full(tmp_path_factory) -> Path:
+    return _single(tmp_path_factory, "full", {**COMMON, **FULL})
+
+
+@pytest.fixture(scope="module")
+def fsdp_lora(tmp_path_factory):
+    return _launch(tmp_path_factory, "fsdp-lora", 2, {**COMMON, **LORA, "distributed.strategy": "fsdp"})
+
+
+@pytest.fixture(scope="module")
+def fsdp_full_checkpointed(tmp_path_factory):
+    # Also the other FSDP options that keep fp32 arithmetic: parameters kept after forward, CPU offload.
+    settings = {**COMMON, **FULL, "distributed.strategy": "fsdp", "train.gradient_checkpointing": True,
+                "distributed.fsdp.reshard_after_forward": False, "distributed.fsdp.cpu_offload": True}  # fmt: skip
+    return _launch(tmp_path_factory, "fsdp-full-ac", 2, settings)
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _adapter_logits(out: Path) -> torch.Tensor:
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
+    return _logits(model, AutoTokenizer.from_pretrained(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# FSDP
+
+
+def test_fsdp_lora_gives_the_single_process_run(fsdp_lora, single_lora):
+    out, stdout = fsdp_lora
+    assert _losses(out) == pytest.approx(_losses(single_lora), abs=TOLERANCE, rel=0)
+    assert _losses(out)[0] != _losses(out)[-1]
+    # Per-step counts are global: the two ranks' tokens add up to the one process's.
+    for ours, theirs in zip(_train_rows(out), _train_rows(single_lora), strict=True):
+        assert (ours["target_tokens"], ours["real_tokens"]) == (
+            theirs["target_tokens"],
+            theirs["real_tokens"],
+        )
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-5)
+    eval_ours, eval_single = (json.loads((o / "summary.json").read_text()) for o in (out, single_lora))
+    assert eval_ours["eval_loss"] == pytest.approx(eval_single["eval_loss"], abs=TOLERANCE)
+    # The closing sample ran on the sharded model (both ranks in every forward) and is the same text.
+    assert eval_ours["sample"] == eval_single["sample"]
+    # Rank 0 alone reports and logs; its log holds the peak host memory of both ranks at load.
+    assert stdout.count("Done: 4 steps") == 1
+    log = (out / "train.log").read_text()
+    assert "sharded over 2 processes; peak host memory at load: rank 0" in log and "rank 1" in log
+    assert "4 FSDPLlamaDecoderLayer units + root over mesh (2,)" in log
+
+
+def test_fsdp_adapter_loads_in_plain_peft_with_the_single_process_logits(fsdp_lora, single_lora):
+    out, _ = fsdp_lora
+    ours = _adapter_logits(out)
+    torch.testing.assert_close(ours, _adapter_logits(single_lora), rtol=0, atol=1e-4)
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_only = _logits(AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(out))
+    assert (base_only - ours).abs().max() > 1e-2  # the adapter matters, so the check above can fail
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single_lora.iterdir())
+
+
+def test_fsdp_full_finetune_with_activation_checkpointing_gives_the_single_process_run(
+    fsdp_full_checkpointed, single_full
+):
+    out, _ = fsdp_full_checkpointed
+    # The one-process run recomputes nothing: checkpointing and sharding together change no loss.
+    assert "parameters kept after forward, CPU offload" in (out / "train.log").read_text()
+    assert _losses(out) == pytest.approx(_losses(single_full), abs=TOLERANCE, rel=0)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ours = _logits(AutoModelForCausalLM.from_pretrained(out), tokenizer)
+    theirs = _logits(AutoModelForCausalLM.from_pretrained(single_full), tokenizer)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+    assert not (out / "adapter_config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def frozen_layers(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("worker")
+    result = run_torchrun(2, str(Path(__file__).with_name("fsdp_worker.py")), str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_each_fsdp_rank_holds_half_of_the_parameters_and_optimizer_state(frozen_layers):
+    for report in frozen_layers:
+        # tiny-llama's tensors have even first dimensions, so the shards are exact halves.
+        assert report["param_bytes_local"] * 2 == report["param_bytes_full"]
+        assert report["optimizer_bytes_local"] * 2 == report["optimizer_bytes_full"]
+    assert frozen_layers[0]["losses"] == frozen_layers[1]["losses"]  # a global loss, the same on each
+
+
+def test_frozen_layers_under_fsdp_stay_and_the_rest_train(frozen_layers):
+    report = frozen_layers[0]
+    frozen = [k for k in report["unchanged"] if "layers.0." in k or "layers.1." in k]
+    assert len(frozen) == 2 * 9  # every weight of the two bottom blocks
+    # Block 2 mixes frozen attention and a trained MLP inside one FSDP unit.
+    assert {k for k in report["unchanged"] if "layers.2." in k} == {
+        f"model.layers.2.self_attn.{p}_proj.weight" for p in "qkvo"
+    }
+    assert set(report["changed"]) == set(report["trainable"])
+    assert "model.layers.3.mlp.up_proj.weight" in report["changed"]
+
+
+# --------------------------------------------------------------------------------------------------
+# DDP
+
+
+@pytest.mark.parametrize(("method", "settings"), [("lora", LORA), ("full", FULL)])
+def test_ddp_gives_the_single_process_run(tmp_path_factory, request, method, settings):
+    single = request.getfixturevalue(f"single_{method}")
+    out, stdout = _launch(
+        tmp_path_factory, f"ddp-{method}", 2, {**COMMON, **settings, "distributed.strategy": "ddp"}
+    )
+    assert _losses(out) == pytest.approx(_losses(single), abs=TOLERANCE, rel=0)
+    assert stdout.count("Done: 4 steps") == 1
+    if method == "lora":
+        torch.testing.assert_close(_adapter_logits(out), _adapter_logits(single), rtol=0, atol=1e-4)
+
+
+def test_packed_alpaca_under_fsdp_gives_the_single_process_run(tmp_path_factory):
+    # Packed rows (position ids, no 2-D mask) sharded over ranks by the resumable sampler.
+    packed = {**COMMON, **LORA, "train.max_steps": 3, "data.format": "alpaca", "data.batching": "packing",
+              "data.max_seq_len": 512, "data.max_samples": 64}  # fmt: skip
+    single = _single(tmp_path_factory, "packed", packed)
+    out, _ = _launch(tmp_path_factory, "fsdp-packed", 2, {**packed, "distributed.strategy": "fsdp"})
+    assert _losses(out) == pytest.approx(_losses(single), abs=TOLERANCE, rel=0)
+    assert [r["real_tokens"] for r in _train_rows(out)] == [r["real_tokens"] for r in _train_rows(single)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Launches: two nodes with c10d rendezvous, four processes through the llama-recipes shim
+
+
+def test_two_nodes_with_c10d_rendezvous(tmp_path, single_lora):
+    out = tmp_path / "two-nodes"
+    command = [*torchrun_command(1, nnodes=2, endpoint=f"localhost:{free_port()}"), "-m", "llmft", "finetune",
+               *_flags({**COMMON, **LORA, "distributed.strategy": "fsdp"}), "--output_dir", str(out)]  # fmt: skip
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dist_env())
+             for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert _losses(out) == pytest.approx(_losses(single_lora), abs=TOLERANCE, rel=0)
+
+
+def test_four_processes_through_the_llama_recipes_shim_with_hsdp(tmp_path_factory, single_lora):
+    # llama-recipes' batch is per process: 1 x 2 accumulation x 4 processes = the global batch of 8.
+    recipes = ["--enable_fsdp", "--model_name", "tiny-llama", "--dataset", "english_quotes",
+               "--batch_size_training", "1", "--gradient_accumulation_steps", "2", "--use_peft",
+               "--peft_method", "lora", "--lr", "1e-2", "--max_train_step", "4", "--mixed_precision", "false"]  # fmt: skip
+    settings = {
+        k: v for k, v in COMMON.items() if not k.startswith(("train.batch", "train.micro", "train.max"))
+    }
+    out, stdout = _launch(
+        tmp_path_factory, "shim-4", 4, {**settings, "distributed.fsdp.hsdp_replicate": 2},
+        str(REPO / "fsdp_finetuning.py"), *recipes,
+    )  # fmt: skip
+    assert _losses(out) == pytest.approx(_losses(single_lora), abs=TOLERANCE, rel=0)
+    log = (out / "train.log").read_text()
+    assert "over mesh (2, 2)" in log and "global batch 8 = 1 micro x 2 accumulation x 4 process(es)" in log
+    assert stdout.count("Done: 4 steps") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Misconfiguration: one line, exit 2, before any work (and before any process waits for another)
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "message"),
+    [
+        ({}, ["--distributed.strategy", "fsdp"],
+         "distributed.strategy: 'fsdp' needs a process group, and this process was not started by torchrun"),
+        ({"WORLD_SIZE": "4"}, ["--distributed.strategy", "fsdp", "--distributed.fsdp.hsdp_replicate", "3"],
+         "distributed.fsdp.hsdp_replicate: 3 replica groups do not divide the world size 4"),
+        ({"WORLD_SIZE": "3"}, ["--distributed.strategy", "ddp"],
+         "train.batch_size (8) must be a multiple of train.micro_batch_size x world size (4 x 3 = 12)"),
+    ],
+)  # fmt: skip
+def test_misconfigured_launch_is_one_line_before_any_work(tmp_path, monkeypatch, env, flags, message):
+    out = tmp_path / "never"
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = run_cli("finetune", *flags, "--output_dir", str(out))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("llmft: error: "), result.stderr
+    assert message in result.stderr
+    assert not out.exists()
+
+
+def test_a_misconfigured_torchrun_launch_fails_in_every_process_before_joining(tmp_path):
+    result = run_torchrun(3, "-m", "llmft", "finetune", "--distributed.strategy", "fsdp",
+                          "--distributed.fsdp.hsdp_replicate", "2", "--output_dir", str(tmp_path / "never"),
+                          timeout=300)  # fmt: skip
+    assert result.returncode != 0
+    assert (
+        result.stderr.count("llmft: error: distributed.fsdp.hsdp_replicate: 2 replica groups do not divide")
+        == 3
+    )
+    assert not (tmp_path / "never").exists()
+
+
+def test_shim_refuses_quantization_in_one_line():
+    result = subprocess.run(
+        [torchrun_command(1)[0], str(REPO / "fsdp_finetuning.py"), "--quantization", "--train_strategy", "fsdp"],
+        capture_output=True, text=True, env=dist_env(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "llmft: error: --quantization: quantized (QLoRA) bases are not supported yet"
+    )
+    assert result.stderr.count("\n") == 1

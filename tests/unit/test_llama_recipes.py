@@ -1,0 +1,88 @@
+"""llama-recipes flags -> llmft finetune flags (the fsdp_finetuning.py shim), without running anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmft.cli import build_parser
+from llmft.compat.llama_recipes import translate
+from llmft.config import load_config, parse_overrides
+from llmft.errors import UserError
+
+
+def _config(argv, world_size=1):
+    flags = translate(argv, world_size)
+    _, extra = build_parser().parse_known_args(["finetune", *flags])
+    return load_config(None, parse_overrides(extra))
+
+
+def test_the_seed_commands_flags_map_onto_the_config():
+    cfg = _config(
+        ["--enable_fsdp", "--model_name", "/models/llama", "--dataset", "english_quotes",
+         "--batch_size_training", "2", "--gradient_accumulation_steps", "3", "--num_epochs", "2",
+         "--max_train_step", "10", "--lr", "1e-4", "--use_peft", "--peft_method", "lora",
+         "--output_dir", "out", "--context_length", "512", "--mixed_precision", "False",
+         "--batching_strategy", "padding", "--seed", "7"],
+        world_size=4,
+    )  # fmt: skip
+    assert cfg.distributed.strategy == "fsdp" and cfg.model.name == "/models/llama"
+    assert cfg.data.format == "quotes" and cfg.data.max_seq_len == 512
+    # llama-recipes' batch is per process: 2 x 3 accumulation x 4 processes.
+    assert (cfg.train.micro_batch_size, cfg.train.batch_size) == (2, 24)
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.train.lr, cfg.train.seed) == (2, 10, 1e-4, 7)
+    assert cfg.peft.method == "lora" and cfg.output_dir == "out" and cfg.train.precision == "fp32"
+
+
+def test_dataset_names_and_packing():
+    assert _config(["--dataset", "alpaca_dataset"]).data.format == "alpaca"
+    assert _config(["--dataset", "grammar_dataset"]).data.format == "grammar"
+    assert _config(["--batching_strategy", "packing"]).data.batching == "packing"
+    assert translate(["--dataset=quotes"]) == ["--data.format", "quotes"]
+
+
+def test_llmft_flags_pass_through_and_unset_flags_keep_llmft_defaults():
+    cfg = _config(
+        ["--train_strategy", "ddp", "--use_peft=false", "--train.lr", "2e-5", "--max_train_step", "0"]
+    )
+    assert cfg.distributed.strategy == "ddp" and cfg.peft.method == "none" and cfg.train.lr == 2e-5
+    assert cfg.train.max_steps is None  # llama-recipes' 0: no limit
+    assert translate([]) == []
+
+
+def test_fsdp_config_flags(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    cfg = _config(
+        ["--enable_fsdp", "--fsdp_config.pure_bf16", "--fsdp_config.fsdp_activation_checkpointing",
+         "--fsdp_config.sharding_strategy", "SHARD_GRAD_OP", "--fsdp_config.fsdp_cpu_offload"]
+    )  # fmt: skip
+    assert cfg.model.dtype == "bfloat16" and cfg.distributed.fsdp.param_dtype == "bfloat16"
+    assert cfg.train.gradient_checkpointing and cfg.distributed.fsdp.cpu_offload
+    assert not cfg.distributed.fsdp.reshard_after_forward
+    hybrid = translate(["--enable_fsdp", "--fsdp_config.sharding_strategy", "HYBRID_SHARD"], world_size=16)
+    assert (
+        hybrid[-2:] == ["--distributed.fsdp.hsdp_replicate", "16"]
+        or "--distributed.fsdp.hsdp_replicate" in hybrid
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--quantization"], "--quantization: quantized (QLoRA) bases are not supported yet"),
+        (["--quantization", "--train_strategy", "fsdp"], "not supported yet"),
+        (["--freeze_layers", "--num_freeze_layers", "2"], "freezing the bottom layers is not supported yet"),
+        (["--dataset", "samsum_dataset"], "llmft does not bundle samsum"),
+        (["--dataset", "custom_dataset"], "pass --data.path FILE"),
+        (["--peft_method", "llama_adapter"], "llmft supports lora so far"),
+        (["--batching_strategy", "tight"], "'tight' is not one of padding, packing"),
+        (["--train_strategy", "deepspeed"], "'deepspeed' is not one of single, ddp, fsdp"),
+        (["--enable_fsdp", "--train_strategy", "ddp"], "contradicts --train_strategy ddp"),
+        (["--use_peft", "maybe"], "unexpected argument 'maybe'"),
+        (["--lr"], "--lr needs a value"),
+        (["--batch_size_training", "2", "--train.batch_size", "8"], "pass one pair"),
+        (["--run_validation", "false"], "unknown flag '--run_validation'"),
+    ],
+)
+def test_flags_llmft_cannot_honour_are_clear_errors(argv, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        translate(argv, world_size=1)
