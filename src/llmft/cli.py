@@ -101,7 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="mark trained tokens in colour (auto: on a terminal) or between ⟦ ⟧",
     )
-    parser.commands = {"finetune": finetune, "validate": validate, "data": data}
+    predict = sub.add_parser(
+        "predict",
+        help="Label texts with a classifier run (task classification).",
+        description="Label texts with a classifier run: llmft predict RUN_DIR --text '...' [--file texts.txt]",
+    )
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="output_dir of a run with task classification")
+    predict.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
+    predict.add_argument("--file", help="a file with one text per line")
+    parser.commands = {"finetune": finetune, "validate": validate, "data": data, "predict": predict}
     return parser
 
 
@@ -138,7 +146,36 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
+def _predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from pathlib import Path
+
+    if extra:
+        raise UserError(f"predict: unexpected argument {extra[0]!r}; use --text TEXT or --file FILE")
+    texts = list(args.text)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UserError(f"predict --file: '{path}' not found")
+        texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise UserError("predict: give texts with --text TEXT (repeatable) or --file FILE (one per line)")
+    folder = Path(args.run_dir)
+    if not folder.is_dir():
+        raise UserError(f"predict: run folder '{folder}' not found")
+    import torch
+
+    from llmft.inference.predict import classify, load_classifier
+
+    device = torch.device("cpu")
+    model, tokenizer = load_classifier(folder, device)
+    for text, (label, probability) in zip(texts, classify(model, tokenizer, texts, device)):
+        print(f"{label}\t{probability:.3f}\t{text}")
+    return 0
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "predict":
+        return _predict(args, extra)
     _check_flag_typos(parser.commands[args.command], extra)
     config_path = args.config
     if args.command == "validate" and config_path is None:

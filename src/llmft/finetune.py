@@ -36,8 +36,11 @@ from llmft.distributed.env import DistEnv, check_launch, setup_distributed, tear
 from llmft.distributed.loading import load_sharded
 from llmft.distributed.parallelize import apply_ddp, full_state_dict, unwrap
 from llmft.inference.generate import generate_text
+from llmft.inference.predict import classify
 from llmft.models.loader import load_causal_lm, load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
+from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
+from llmft.peft.freeze import apply_freeze, check_freeze, describe_groups
 from llmft.peft.methods import apply_method, check_method, count_parameters
 from llmft.train.metrics import MetricsLogger, finite_or_none, plot_losses
 from llmft.train.optim import resolve_precision
@@ -64,11 +67,15 @@ class RunResult:
         """The closing message: what happened, where everything was written, one sample."""
         s = self.summary
         window = max(1, min(10, s.steps // 2))
-        eval_part = (
-            f"; eval loss {s.eval_loss:.4f} (perplexity {math.exp(min(s.eval_loss, 50)):.1f})"
-            if s.eval_loss is not None
-            else ""
-        )
+        if s.eval_loss is None:
+            eval_part = ""
+        elif "eval_accuracy" in s.eval_metrics:
+            eval_part = (
+                f"; eval loss {s.eval_loss:.4f}, accuracy {100 * s.eval_metrics['eval_accuracy']:.1f}%, "
+                f"macro-F1 {s.eval_metrics['eval_macro_f1']:.3f}"
+            )
+        else:
+            eval_part = f"; eval loss {s.eval_loss:.4f} (perplexity {math.exp(min(s.eval_loss, 50)):.1f})"
         lines = [
             f"Done: {s.steps} steps in {s.train_time_s:.1f}s, {s.tokens_per_s:,.0f} tokens/s "
             f"({self.device}, {self.precision}).",
@@ -167,8 +174,16 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     accumulation_steps(cfg.train, check_launch(cfg.distributed))
     source = resolve_model(cfg.model)
     tokenizer = load_tokenizer(source, cfg.model)
-    data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
-    check_method(model_skeleton(source, cfg.model), cfg.peft)
+    data = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.task)
+    classifier = (
+        ClassifierSpec(tuple(data.label_names), cfg.head, tokenizer.pad_token_id)
+        if cfg.task == "classification"
+        else None
+    )
+    skeleton = model_skeleton(source, cfg.model, classifier)
+    check_method(skeleton, cfg.peft)
+    check_freeze(skeleton, cfg.freeze)
+    del skeleton
     env = setup_distributed(cfg.distributed)
     log.info("model: %s", source.describe())
     log.info("data: %s from %s (format %s)", data.stats.describe(), data.source, data.format.name)
@@ -181,13 +196,17 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         # Seeded here, just before the first random draw of the run (adapter init; then dropout), so
         # that nothing before it (a preset materialised on first use, say) shifts the stream.
         set_seed(cfg.train.seed)
-        return apply_method(model, cfg.peft)
+        if classifier is not None:
+            model = attach_head(model, classifier)
+        # The method decides what trains (adapters; or every weight), then the freeze strategy narrows it.
+        return apply_freeze(apply_method(model, cfg.peft, cfg.task), cfg.freeze)
 
     if env.strategy == "fsdp":
-        model = load_sharded(source, cfg.model, prepare, cfg.distributed.fsdp, env)
+        model = load_sharded(source, cfg.model, prepare, cfg.distributed.fsdp, env, classifier)
     else:
-        model = prepare(load_causal_lm(source, cfg.model, env.device))
+        model = prepare(load_causal_lm(source, cfg.model, env.device, classifier))
     log.info("%s: %s", cfg.peft.method, count_parameters(model).describe())
+    log.info("parameters by group:\n%s", describe_groups(model))
     if env.strategy == "ddp":
         model = apply_ddp(model, env)
     if env.distributed:
@@ -256,6 +275,10 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     if not env.is_main:
         return _other_rank_result(model, tokenizer, cfg, env, compute_dtype, data, output_dir, summary)
     saved = [p.name for p in save_artifacts(unwrap(model), tokenizer, output_dir, state_dict)]
+    if classifier is not None:
+        # The classes and head, for `llmft predict` (a full model also has them in config.json).
+        (output_dir / CLASSIFIER_FILE).write_text(json.dumps(classifier.to_json(), indent=2) + "\n", encoding="utf-8")
+        saved.append(CLASSIFIER_FILE)
     files = {
         "model" if cfg.peft.method == "none" else "adapter": ", ".join(
             n for n in saved if not _is_tokenizer_file(n)
@@ -274,7 +297,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
 
     # The sample's prompt in the training format (alpaca's template, the chat template, ...).
     prompt = cfg.generation.prompt or data.format.example_prompt
-    sample = _sample(model, tokenizer, data.format.generation_prompt(prompt), cfg, env, compute_dtype)
+    sample = _sample(model, tokenizer, _sample_input(cfg, data, prompt), cfg, env, compute_dtype)
     result = RunResult(
         output_dir, summary, source.ref, precision, str(env.device), prompt, sample, files, model, tokenizer
     )
@@ -285,6 +308,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
                 "first_loss": finite_or_none(summary.losses[0]) if summary.losses else None,
                 "final_loss": finite_or_none(summary.losses[-1]) if summary.losses else None,
                 "eval_loss": summary.eval_loss,
+                **{k: v for k, v in summary.eval_metrics.items() if k.startswith("eval_") and k != "eval_loss"},
                 "train_time_s": summary.train_time_s,
                 "tokens_per_s": summary.tokens_per_s,
                 "base_model": source.ref,
@@ -301,7 +325,20 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     return result
 
 
+def _sample_input(cfg: Config, data, prompt: str) -> str:
+    """The sample's input: the prompt in the training format (alpaca's template, the chat template,
+    ...), or the bare text a classifier reads."""
+    return prompt if cfg.task == "classification" else data.format.generation_prompt(prompt)
+
+
 def _sample(model, tokenizer, prompt: str, cfg: Config, env: DistEnv, compute_dtype) -> str:
+    if cfg.task == "classification":  # the predicted class of the example text (one forward, all ranks)
+        label, probability = classify(unwrap(model), tokenizer, [prompt], env.device, compute_dtype)[0]
+        return f" -> {label} (p={probability:.2f})"
+    return _generate(model, tokenizer, prompt, cfg, env, compute_dtype)
+
+
+def _generate(model, tokenizer, prompt: str, cfg: Config, env: DistEnv, compute_dtype) -> str:
     """The closing sample. A sharded model's forward is collective, so under FSDP every rank generates
     (same prompt, same seed, so the same tokens) with ``synced_gpus``: a rank that reaches EOS keeps
     taking part in the others' forwards until all are done."""
@@ -320,8 +357,8 @@ def _sample(model, tokenizer, prompt: str, cfg: Config, env: DistEnv, compute_dt
 def _other_rank_result(model, tokenizer, cfg: Config, env: DistEnv, compute_dtype, data, output_dir, summary):
     """Ranks other than 0 write nothing; under FSDP they still take part in the closing sample."""
     prompt = cfg.generation.prompt or data.format.example_prompt
-    wrapped = data.format.generation_prompt(prompt)
-    sample = _sample(model, tokenizer, wrapped, cfg, env, compute_dtype) if env.strategy == "fsdp" else ""
+    text = _sample_input(cfg, data, prompt)
+    sample = _sample(model, tokenizer, text, cfg, env, compute_dtype) if env.strategy == "fsdp" else ""
     return RunResult(
         output_dir, summary, "", "", str(env.device), prompt, sample, {}, model, tokenizer, is_main=False
     )

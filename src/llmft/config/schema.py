@@ -308,6 +308,90 @@ class LoggingSection(_Section):
     plot: bool = True
 
 
+class FreezeSection(_Section):
+    """Which weights train when peft.method is none (full or partial fine-tuning)."""
+
+    strategy: Literal["none", "bottom", "patterns", "head_only"] = Field(
+        "none",
+        description="none: every weight trains; bottom: freeze the embeddings and the bottom decoder blocks; "
+        "patterns: regular expressions over parameter names; head_only: only the output head (LM head or "
+        "classifier).",
+    )
+    num_frozen_layers: Int | None = Field(
+        None,
+        ge=0,
+        description="bottom: freeze this many decoder blocks from the bottom (and the embeddings).",
+    )
+    num_trainable_layers: Int | None = Field(
+        None, ge=0, description="bottom: or train only this many blocks from the top (the rest frozen)."
+    )
+    include: list[str] = Field(
+        default_factory=list, description="patterns: parameters whose name matches one of these train."
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="patterns: parameters matching one of these stay frozen (wins over include).",
+    )
+    train_embeddings: bool = Field(
+        False, description="Keep the token embeddings trainable (bottom, head_only)."
+    )
+    train_norms: bool = Field(False, description="Keep every RMSNorm trainable (bottom, head_only).")
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _one_pattern(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _valid_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_strategy(self) -> FreezeSection:
+        layers = (self.num_frozen_layers, self.num_trainable_layers)
+        if self.strategy == "bottom" and sum(n is not None for n in layers) != 1:
+            raise ValueError(
+                "freeze.strategy bottom needs exactly one of freeze.num_frozen_layers (e.g. 28) or "
+                "freeze.num_trainable_layers (e.g. 4)"
+            )
+        if self.strategy != "bottom" and any(n is not None for n in layers):
+            raise ValueError(
+                f"freeze.num_frozen_layers / num_trainable_layers apply to strategy bottom (strategy is "
+                f"'{self.strategy}'); add --freeze.strategy bottom"
+            )
+        if self.strategy == "patterns" and not (self.include or self.exclude):
+            raise ValueError(
+                "freeze.strategy patterns needs freeze.include or freeze.exclude regular expressions"
+            )
+        if self.strategy != "patterns" and (self.include or self.exclude):
+            raise ValueError(
+                "freeze.include / exclude apply to strategy patterns; add --freeze.strategy patterns"
+            )
+        return self
+
+
+class HeadSection(_Section):
+    """The classifier head of ``task: classification``, on the pooled last non-padding token."""
+
+    type: Literal["linear", "mlp"] = Field(
+        "linear",
+        description="linear: HF's own sequence-classification head (plain transformers loads it); "
+        "mlp: new fully connected layers.",
+    )
+    num_layers: Int = Field(
+        2, ge=2, description="mlp: linear layers, the last one projecting to the classes."
+    )
+    width: Int | None = Field(None, ge=1, description="mlp: hidden width; empty: the model's hidden size.")
+    activation: Literal["gelu", "relu", "silu", "tanh"] = Field("gelu", description="mlp: between layers.")
+    dropout: Float = Field(0.1, ge=0.0, lt=1.0, description="mlp: dropout before each linear layer.")
+
+
 class Config(_Section):
     """The whole run."""
 
@@ -318,6 +402,13 @@ class Config(_Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    task: Literal["causal_lm", "classification"] = Field(
+        "causal_lm",
+        description="causal_lm: next-token prediction; classification: a classifier head on the pooled last "
+        "token of data.format classification records.",
+    )
+    freeze: FreezeSection = Field(default_factory=FreezeSection)
+    head: HeadSection = Field(default_factory=HeadSection)
     output_dir: str | None = Field(
         None, description="Run folder; empty means runs/<model>-<format>-<method>."
     )
@@ -330,6 +421,28 @@ class Config(_Section):
                 f"directly, and most small updates round away; keep model.dtype float32 and use "
                 f"train.precision bf16 (autocast computes in bf16 and keeps fp32 master weights)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_task(self) -> Config:
+        if self.freeze.strategy != "none" and self.peft.method != "none":
+            raise ValueError(
+                f"freeze.strategy {self.freeze.strategy} chooses which of the model's own weights train, so it "
+                f"needs peft.method none (now '{self.peft.method}', whose adapters decide what trains)"
+            )
+        if self.task == "causal_lm" and self.head != HeadSection():
+            raise ValueError(
+                "head.* configures the classifier of task classification; a causal LM has no such head - "
+                "add --task classification or drop the head settings"
+            )
+        if self.task == "classification":
+            if self.data.format != "classification":
+                raise ValueError(
+                    f"task classification reads text and label records: use data.format classification "
+                    f"(now '{self.data.format}'; rename columns with data.column_map)"
+                )
+            if self.data.batching == "packing":
+                raise ValueError("task classification pools one text per row: use data.batching padding")
         return self
 
     def resolved_output_dir(self) -> Path:

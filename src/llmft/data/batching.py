@@ -177,4 +177,6 @@ class Collator:
         }
         if position_ids is not None:
             out["position_ids"] = position_ids
+        if "class_label" in examples[0]:
+            out["class_labels"] = torch.tensor([e["class_label"] for e in examples])
         return out

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmft.config import DataSection
 from llmft.data.batching import Collator, ResumableSampler, pack_examples
-from llmft.data.formats import DataFormat, RowContext, get_format
+from llmft.data.formats import DataFormat, RowContext, Segment, get_format, text_field
 from llmft.data.sources import bundled_sample, load_records
 from llmft.data.tokenize import IGNORE_INDEX, SpecialIds, TokenizedExample, tokenize_segments
 from llmft.errors import UserError
@@ -42,6 +42,8 @@ class TokenizedDataset(Dataset):
         item: dict = {"input_ids": example.input_ids, "labels": labels}
         if example.position_ids is not None:
             item["position_ids"] = example.position_ids
+        if example.class_label is not None:
+            item["class_label"] = IGNORE_INDEX if filler else example.class_label
         if filler:
             item["filler"] = True
         return item
@@ -61,14 +63,16 @@ class DataStats:
     truncated: int = 0
     untrained: int = 0  # examples left without any target (truncation cut every trained token)
     packed_rows: int | None = None
+    classes: int | None = None  # task classification: the target is a class, not tokens
 
     def describe(self) -> str:
         share = self.trained_tokens / max(self.tokens, 1)
+        trained = f"{self.classes} classes" if self.classes else f"{share:.0%} of them trained"
         expanded = f", {self.examples} examples" if self.examples != self.records else ""
         packed = f", packed into {self.packed_rows} rows" if self.packed_rows is not None else ""
         return (
             f"{self.records} records ({self.train_records} train, {self.val_records} validation){expanded}, "
-            f"{self.tokens} tokens, {share:.0%} of them trained, {self.truncated} truncated{packed}"
+            f"{self.tokens} tokens, {trained}, {self.truncated} truncated{packed}"
         )
 
 
@@ -105,12 +109,16 @@ def resolve_source(cfg: DataSection, fmt: DataFormat) -> str:
     raise UserError(f"data.path: the '{fmt.name}' format has no bundled sample; pass --data.path FILE")
 
 
-def prepare_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int) -> DataBundle:
+def prepare_data(
+    cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, task: str = "causal_lm"
+) -> DataBundle:
     """Read, render, tokenize, split and (with ``batching: packing``) pack the records of a run.
 
     Every record is rendered before anything trains, so a bad row stops the run at once with its file,
     row and field named. The validation split is drawn per record, before a record is expanded into
-    several examples, so no sentence is on both sides.
+    several examples, so no sentence is on both sides. For ``task: classification`` an example is the
+    record's text alone (no label text, no EOS) with its class index; classes are the sorted label names
+    (numerically sorted when all are integers), kept with the model.
     """
     fmt = get_format(cfg, tokenizer)
     path = resolve_source(cfg, fmt)
@@ -145,8 +153,18 @@ def prepare_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int
         label = fmt.label_of(record, where)
         if label is not None:
             labels.add(label)
+        if task == "classification":
+            examples = [[Segment(text_field(record, "text", where), trained=False)]]
         for segments in examples:
-            example = tokenize_segments(segments, tokenizer, special, cfg.max_seq_len, add_eos=fmt.adds_eos)
+            example = tokenize_segments(
+                segments,
+                tokenizer,
+                special,
+                cfg.max_seq_len,
+                add_eos=fmt.adds_eos and task != "classification",
+            )
+            if task == "classification":
+                example.class_label = label  # a name until every class is known; an index below
             stats.examples += 1
             stats.tokens += len(example.input_ids)
             stats.trained_tokens += sum(label != IGNORE_INDEX for label in example.labels)
@@ -160,6 +178,18 @@ def prepare_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int
             stats.examples,
             cfg.max_seq_len,
         )
+    if task == "classification":
+        names = sorted(labels, key=lambda x: (0, int(x)) if x.lstrip("-").isdigit() else (1, x))
+        if len(names) < 2:
+            raise UserError(
+                f"data.path: '{path}' has {len(names)} distinct label(s); a classifier needs 2 or more"
+            )
+        index = {name: i for i, name in enumerate(names)}
+        for example in [*train, *val]:
+            example.class_label = index[example.class_label]
+        labels = set(names)
+        stats.untrained = 0  # the class is the target, not the tokens
+        stats.classes = len(names)
     if stats.untrained:
         if stats.untrained == stats.examples:
             raise UserError(
@@ -185,7 +215,7 @@ def prepare_data(cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int
         stats,
         train_examples=train,
         references=references,
-        label_names=sorted(labels),
+        label_names=names if task == "classification" else sorted(labels),
     )
 
 

@@ -36,6 +36,7 @@ class TokenizedExample:
     labels: list[int]
     truncated: bool
     position_ids: list[int] | None = None  # packed rows only: positions restart at each document
+    class_label: int | None = None  # task classification: the class index (its labels are all -100)
 
 
 def tokenize_segments(

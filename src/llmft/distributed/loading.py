@@ -67,6 +67,7 @@ def load_sharded(
     prepare: Callable[[nn.Module], nn.Module],
     fsdp_cfg: FsdpSection,
     env: DistEnv,
+    classifier=None,
 ) -> nn.Module:
     """The model to train, sharded with FSDP2 over ``env.mesh``, with rank 0's weights in the shards.
 
@@ -76,19 +77,20 @@ def load_sharded(
             to the meta model on every rank and to the full model on rank 0, identically.
         fsdp_cfg: the FSDP options.
         env: the process layout (its ``mesh``).
+        classifier: for ``task: classification``, the classes and head (a ``ClassifierSpec``).
 
     Raises:
         RuntimeError: if a weight or buffer name differs between checkpoint and model, or anything is
             left on the meta device (a bug, not a user error).
     """
-    model = prepare(model_skeleton(source, model_cfg))
+    model = prepare(model_skeleton(source, model_cfg, classifier))
     apply_fsdp(model, fsdp_cfg, env.mesh)
     # Real (uninitialised) storage for this rank's shards: the full tensors never exist here.
     model.to_empty(device="cpu" if fsdp_cfg.cpu_offload else env.device)
 
     reference, full = None, {}
     if env.is_main:
-        reference = prepare(load_causal_lm(source, model_cfg, torch.device("cpu")))
+        reference = prepare(load_causal_lm(source, model_cfg, torch.device("cpu"), classifier))
         full = reference.state_dict()
     # Rank 0 alone can compare names; all ranks raise together rather than hang in the broadcast.
     shared = (

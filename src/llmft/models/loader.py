@@ -173,21 +173,31 @@ def _loading(source: ModelSource, what: str) -> Iterator[None]:
         raise
 
 
-def model_skeleton(source: ModelSource, cfg: ModelSection):
+def _auto_class(classifier):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if classifier is not None else AutoModelForCausalLM
+
+
+def model_skeleton(source: ModelSource, cfg: ModelSection, classifier=None):
     """The model's modules on the meta device, built from its config alone: no weights are read.
 
     Lets the run check a method against the model (its layer names) before loading gigabytes, and lets
     FSDP ranks build their modules without reading weights; dtype and attention kernel are those of
     :func:`load_causal_lm` (``from_config`` would otherwise take the dtype recorded in config.json).
+    ``classifier`` (a :class:`llmft.models.heads.ClassifierSpec`) builds the sequence classifier instead.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     with _loading(source, "no usable config in"):
         config = AutoConfig.from_pretrained(
-            source.ref, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+            source.ref,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            **(classifier.config_kwargs() if classifier is not None else {}),
         )
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(
+            return _auto_class(classifier).from_config(
                 config,
                 trust_remote_code=cfg.trust_remote_code,
                 dtype=DTYPES[cfg.dtype],
@@ -195,16 +205,27 @@ def model_skeleton(source: ModelSource, cfg: ModelSection):
             )
 
 
-def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device):
-    """The causal LM on ``device`` in ``model.dtype``, every weight as stored."""
-    from transformers import AutoModelForCausalLM
+def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device, classifier=None):
+    """The causal LM on ``device`` in ``model.dtype``, every weight as stored.
 
-    with _loading(source, "could not load weights from"):
-        model = AutoModelForCausalLM.from_pretrained(
-            source.ref,
-            revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code,
-            dtype=DTYPES[cfg.dtype],
-            attn_implementation=cfg.attn_implementation,
-        )
+    With ``classifier`` (a :class:`llmft.models.heads.ClassifierSpec`): the sequence classifier over the
+    same backbone weights; its new head is initialised later, by :func:`llmft.models.heads.attach_head`.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if classifier is not None:
+        hf_logging.set_verbosity_error()  # "score.weight newly initialised": expected, and re-done seeded
+    try:
+        with _loading(source, "could not load weights from"):
+            model = _auto_class(classifier).from_pretrained(
+                source.ref,
+                revision=cfg.revision,
+                trust_remote_code=cfg.trust_remote_code,
+                dtype=DTYPES[cfg.dtype],
+                attn_implementation=cfg.attn_implementation,
+                **(classifier.config_kwargs() if classifier is not None else {}),
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model.to(device)

@@ -19,7 +19,7 @@ from llmft.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_METHODS: dict[str, Callable[[nn.Module, PeftSection], nn.Module]] = {}
+_METHODS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
@@ -39,7 +39,7 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 
 @register("none")
-def _full(model: nn.Module, cfg: PeftSection) -> nn.Module:
+def _full(model: nn.Module, cfg: PeftSection, task: str = "causal_lm") -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model
@@ -72,7 +72,7 @@ def check_method(model: nn.Module, cfg: PeftSection) -> None:
 
 
 @register("lora")
-def _lora(model: nn.Module, cfg: PeftSection) -> nn.Module:
+def _lora(model: nn.Module, cfg: PeftSection, task: str = "causal_lm") -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     check_method(model, cfg)
@@ -83,7 +83,8 @@ def _lora(model: nn.Module, cfg: PeftSection) -> nn.Module:
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         bias=lora.bias,
-        task_type="CAUSAL_LM",
+        # SEQ_CLS: PEFT also trains and saves the classifier head (``score``) in full.
+        task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM",
     )
     with warnings.catch_warnings():
         # peft calls a transformers method that transformers 5 deprecates; nothing for users to do.
@@ -91,9 +92,9 @@ def _lora(model: nn.Module, cfg: PeftSection) -> nn.Module:
         return get_peft_model(model, config)
 
 
-def apply_method(model: nn.Module, cfg: PeftSection) -> nn.Module:
-    """Apply ``cfg.method`` to ``model`` and return the model to train."""
-    return _METHODS[cfg.method](model, cfg)
+def apply_method(model: nn.Module, cfg: PeftSection, task: str = "causal_lm") -> nn.Module:
+    """Apply ``cfg.method`` to ``model`` (of ``task``) and return the model to train."""
+    return _METHODS[cfg.method](model, cfg, task)
 
 
 @dataclass(frozen=True)

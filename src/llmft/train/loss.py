@@ -37,3 +37,28 @@ def token_loss_sum(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> torch.T
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+def class_loss_sum(logits_BC: torch.Tensor, classes_B: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropy of every classified row (rows with class -100 are fillers), in fp32."""
+    return F.cross_entropy(logits_BC.float(), classes_B, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def classification_metrics(
+    predicted: torch.Tensor, expected: torch.Tensor, num_classes: int
+) -> dict[str, float]:
+    """Accuracy and macro-F1: the mean F1 over the classes that occur (in the labels or the predictions),
+    as scikit-learn's ``f1_score(average="macro")``.
+
+    Written out (a few lines) rather than pulling in scikit-learn or `evaluate` for two numbers.
+    """
+    keep = expected != IGNORE_INDEX
+    predicted, expected = predicted[keep], expected[keep]
+    accuracy = float((predicted == expected).float().mean()) if len(expected) else 0.0
+    scores = []
+    for c in range(num_classes):
+        true_positive = int(((predicted == c) & (expected == c)).sum())
+        predicted_c, expected_c = int((predicted == c).sum()), int((expected == c).sum())
+        if predicted_c + expected_c:
+            scores.append(2 * true_positive / (predicted_c + expected_c))
+    return {"eval_accuracy": accuracy, "eval_macro_f1": sum(scores) / len(scores) if scores else 0.0}

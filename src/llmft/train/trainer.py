@@ -21,10 +21,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from llmft.config import TrainSection, batch_problem
 from llmft.data.pipeline import TokenizedDataset, eval_loader, train_loader
+from llmft.data.tokenize import IGNORE_INDEX
 from llmft.distributed.env import DistEnv
 from llmft.distributed.parallelize import clip_grad_norm_, gradient_sync
 from llmft.errors import UserError
-from llmft.train.loss import count_targets, token_loss_sum
+from llmft.train.loss import class_loss_sum, classification_metrics, count_targets, token_loss_sum
 from llmft.train.metrics import MetricsLogger
 from llmft.train.optim import build_optimizer, build_scheduler
 
@@ -53,6 +54,7 @@ class TrainSummary:
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     eval_loss: float | None = None
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation's row
     train_time_s: float = 0.0
     real_tokens: int = 0
 
@@ -159,16 +161,32 @@ class Trainer:
             return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def loss_sum(self, batch: Batch) -> torch.Tensor:
-        """Forward pass of one micro-batch; returns the summed loss of its target tokens."""
-        batch = self._to_device(batch)
+    @staticmethod
+    def targets(batch: Batch) -> int:
+        """Targets of a micro-batch: shifted label tokens, or classified rows (fillers have -100)."""
+        if "class_labels" in batch:
+            return int((batch["class_labels"] != IGNORE_INDEX).sum())
+        return count_targets(batch["labels"])
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
         with torch.autocast(
             self.env.device.type,
             dtype=self.compute_dtype or torch.float32,
             enabled=self.compute_dtype is not None,
         ):
-            logits_BTV = self.model(**self.model_inputs(batch), use_cache=False).logits
-        return token_loss_sum(logits_BTV, batch["labels"])
+            return self.model(**self.model_inputs(batch), use_cache=False).logits
+
+    def loss_sum(self, batch: Batch) -> torch.Tensor:
+        """Forward pass of one micro-batch; returns the summed loss of its targets.
+
+        Targets are label tokens (causal LM: logits B x T x V) or, for classification, one class per row
+        (logits B x C of the pooled last token).
+        """
+        batch = self._to_device(batch)
+        logits = self._logits(batch)
+        if "class_labels" in batch:
+            return class_loss_sum(logits, batch["class_labels"])
+        return token_loss_sum(logits, batch["labels"])
 
     def accumulate_gradients(self, micro_batches: list[Batch]) -> tuple[torch.Tensor, int]:
         """Forward and backward over the micro-batches of one global batch.
@@ -181,7 +199,7 @@ class Trainer:
         global count already makes the sum over processes the right gradient; so each loss is also
         multiplied by the world size (``x * 1 / n`` is bit-identical to ``x / n`` for one process).
         """
-        local_targets = sum(count_targets(mb["labels"]) for mb in micro_batches)
+        local_targets = sum(self.targets(mb) for mb in micro_batches)
         global_targets = int(self.env.sum(torch.tensor(local_targets, dtype=torch.long)))
         total = torch.zeros((), device=self.env.device)
         if global_targets == 0:
@@ -262,18 +280,33 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss per target token over the whole validation split, and its perplexity."""
+        """Loss per target over the whole validation split, and its perplexity (causal LM) or its
+        accuracy and macro-F1 (classification)."""
         if self.val_loader is None:
             return {}
         was_training = self.model.training
         self.model.eval()
         total = torch.zeros((), device=self.env.device)
         targets = 0
+        predicted, expected = [], []
         for batch in self.val_loader:
-            total += self.loss_sum(batch)
-            targets += count_targets(batch["labels"])
+            batch = self._to_device(batch)
+            logits = self._logits(batch)
+            if "class_labels" in batch:
+                total += class_loss_sum(logits, batch["class_labels"])
+                predicted.append(logits.argmax(-1).cpu())
+                expected.append(batch["class_labels"].cpu())
+            else:
+                total += token_loss_sum(logits, batch["labels"])
+            targets += self.targets(batch)
         self.model.train(was_training)
         loss = float(total) / max(targets, 1)
+        if predicted:
+            num_classes = int(logits.shape[-1])
+            return {
+                "eval_loss": loss,
+                **classification_metrics(torch.cat(predicted), torch.cat(expected), num_classes),
+            }
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
 
     def fit(self) -> TrainSummary:
@@ -291,7 +324,7 @@ class Trainer:
         with logging_redirect_tqdm(loggers=[logging.getLogger("llmft")]):
             self._loop(summary, progress)
         if self.val_loader is not None and self._evaluated_at != summary.steps:
-            summary.eval_loss = self._eval_and_log(summary.steps)
+            summary.eval_loss = self._eval_and_log(summary.steps, summary)
         return summary
 
     def _loop(self, summary: TrainSummary, progress: tqdm) -> None:
@@ -326,7 +359,7 @@ class Trainer:
                     loss=f"{result.loss:.4f}", tok_s=f"{summary.tokens_per_s:,.0f}", lr=f"{result.lr:.2e}"
                 )
                 if self.cfg.eval_every and result.step % self.cfg.eval_every == 0 and self.val_loader:
-                    summary.eval_loss = self._eval_and_log(result.step)
+                    summary.eval_loss = self._eval_and_log(result.step, summary)
                     self._evaluated_at = result.step
                     tick = time.perf_counter()  # evaluation time is not training time
                 if result.step >= self.total_steps:
@@ -338,10 +371,20 @@ class Trainer:
         within = (step - 1) % self.steps_per_epoch + 1
         return within / self.steps_per_epoch
 
-    def _eval_and_log(self, step: int) -> float:
+    def _eval_and_log(self, step: int, summary: TrainSummary) -> float:
         row = self.evaluate()
+        summary.eval_metrics = row
         self._log({"step": step, **row})
-        log.info("step %d: eval loss %.4f (perplexity %.1f)", step, row["eval_loss"], row["eval_ppl"])
+        if "eval_accuracy" in row:
+            log.info(
+                "step %d: eval loss %.4f, accuracy %.1f%%, macro-F1 %.3f",
+                step,
+                row["eval_loss"],
+                100 * row["eval_accuracy"],
+                row["eval_macro_f1"],
+            )
+        else:
+            log.info("step %d: eval loss %.4f (perplexity %.1f)", step, row["eval_loss"], row["eval_ppl"])
         return row["eval_loss"]
 
     def _log(self, row: dict) -> None:
