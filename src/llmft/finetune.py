@@ -37,9 +37,9 @@ from llmft.distributed.loading import load_sharded
 from llmft.distributed.parallelize import apply_ddp, full_state_dict, unwrap
 from llmft.inference.generate import generate_text
 from llmft.inference.predict import classify
+from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
 from llmft.models.loader import load_causal_lm, load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
-from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
 from llmft.peft.freeze import apply_freeze, check_freeze, describe_groups
 from llmft.peft.methods import apply_method, check_method, count_parameters
 from llmft.train.metrics import MetricsLogger, finite_or_none, plot_losses
@@ -277,7 +277,9 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     saved = [p.name for p in save_artifacts(unwrap(model), tokenizer, output_dir, state_dict)]
     if classifier is not None:
         # The classes and head, for `llmft predict` (a full model also has them in config.json).
-        (output_dir / CLASSIFIER_FILE).write_text(json.dumps(classifier.to_json(), indent=2) + "\n", encoding="utf-8")
+        (output_dir / CLASSIFIER_FILE).write_text(
+            json.dumps(classifier.to_json(), indent=2) + "\n", encoding="utf-8"
+        )
         saved.append(CLASSIFIER_FILE)
     files = {
         "model" if cfg.peft.method == "none" else "adapter": ", ".join(
@@ -308,7 +310,11 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
                 "first_loss": finite_or_none(summary.losses[0]) if summary.losses else None,
                 "final_loss": finite_or_none(summary.losses[-1]) if summary.losses else None,
                 "eval_loss": summary.eval_loss,
-                **{k: v for k, v in summary.eval_metrics.items() if k.startswith("eval_") and k != "eval_loss"},
+                **{
+                    k: v
+                    for k, v in summary.eval_metrics.items()
+                    if k.startswith("eval_") and k != "eval_loss"
+                },
                 "train_time_s": summary.train_time_s,
                 "tokens_per_s": summary.tokens_per_s,
                 "base_model": source.ref,

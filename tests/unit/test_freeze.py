@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_trainer import _examples, _trainer  # the trainer tests' model-free example builders
 
 from llmft.config import FreezeSection, ModelSection, PeftSection, build_config
 from llmft.errors import UserError
 from llmft.models.loader import load_causal_lm, model_skeleton, resolve_model
 from llmft.peft.freeze import apply_freeze, check_freeze, describe_groups, parameter_groups
 from llmft.peft.methods import apply_method
-
-from test_trainer import CPU_ENV, _examples, _trainer  # noqa: F401  (shared helpers)
 
 LAYERS = 4  # tiny-llama
 
@@ -100,7 +99,9 @@ def test_bad_freeze_settings_fail_before_training():
     with pytest.raises(
         UserError, match=r"freeze.exclude: .*attention.* matches no parameter name; names look like"
     ):
-        check_freeze(skeleton, FreezeSection(strategy="patterns", include=["lm_head"], exclude=[r"attention\."]))
+        check_freeze(
+            skeleton, FreezeSection(strategy="patterns", include=["lm_head"], exclude=[r"attention\."])
+        )
     for settings, message in [
         ({"freeze.strategy": "bottom"}, "needs exactly one of freeze.num_frozen_layers"),
         ({"freeze.strategy": "patterns"}, "needs freeze.include or freeze.exclude"),

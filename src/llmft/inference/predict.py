@@ -14,14 +14,20 @@ from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, mlp_head
 
 @torch.no_grad()
 def classify(
-    model: nn.Module, tokenizer, texts: list[str], device: torch.device, compute_dtype: torch.dtype | None = None
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    device: torch.device,
+    compute_dtype: torch.dtype | None = None,
 ) -> list[tuple[str, float]]:
     """(label, probability) of each text, tokenized as in training (BOS + text, no EOS), right-padded."""
     was_training = model.training
     model.eval()
     batch = tokenizer(texts, return_tensors="pt", padding=True).to(device)
     try:
-        with torch.autocast(device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None
+        ):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     finally:
         model.train(was_training)
@@ -43,7 +49,11 @@ def load_classifier(folder: Path, device: torch.device):
         )
     spec = ClassifierSpec.read(folder)
     adapter = (folder / "adapter_config.json").is_file()
-    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] if adapter else folder
+    base = (
+        json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        if adapter
+        else folder
+    )
     config = AutoConfig.from_pretrained(base, **spec.config_kwargs())
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # an mlp head is not in the file's layout for HF's `score`; loaded below

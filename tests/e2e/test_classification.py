@@ -1,0 +1,105 @@
+"""task: classification end to end: exact losses of a short run, exports that plain transformers / peft
+load with the label names, `llmft predict`, MLP heads and LoRA classifiers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = [
+    "--train.max_steps", "4", "--train.precision", "fp32", "--train.eval_every", "2",
+    "--data.max_samples", "64", "--train.micro_batch_size", "8", "--train.batch_size", "8",
+    "--logging.tensorboard", "false", "--logging.plot", "false",
+]  # fmt: skip
+# classifier_head.yaml (linear head on the frozen tiny-llama), 4 steps of 8 on the first 64 records.
+GOLDEN_LOSSES = [1.062714695930481, 0.9686191082000732, 0.9927574992179871, 1.135006308555603]
+LABELS = ["negative", "neutral", "positive"]
+TEXTS = ["The soup was cold and the waiter ignored us.", "An excellent film, I loved every minute."]
+
+
+def _run(tmp_path_factory, name: str, *args: str) -> Path:
+    out = tmp_path_factory.mktemp("cls") / name
+    result = run_cli("finetune", *args, *SHORT, "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory) -> Path:
+    return _run(tmp_path_factory, "head", "--config", str(ROOT / "configs/classifier_head.yaml"))
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _predict(out: Path) -> list[tuple[str, float]]:
+    result = run_cli("predict", str(out), *[a for t in TEXTS for a in ("--text", t)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [line[2] for line in lines] == TEXTS and all(line[0] in LABELS for line in lines)
+    return [(line[0], float(line[1])) for line in lines]
+
+
+def test_short_run_has_exact_losses_and_classification_metrics(head_run):
+    rows = _rows(head_run)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4)
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0 <= r["eval_accuracy"] <= 1 and 0 <= r["eval_macro_f1"] <= 1 for r in evals)
+    summary = json.loads((head_run / "summary.json").read_text())
+    assert summary["eval_accuracy"] == evals[-1]["eval_accuracy"]
+
+
+def test_plain_transformers_loads_the_classifier_with_its_labels(head_run, tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(head_run)
+    assert [model.config.id2label[i] for i in range(3)] == LABELS
+    assert json.loads((head_run / "classifier.json").read_text())["labels"] == LABELS
+    # head_only: the backbone is bit-identical to the base model; the head is new.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for name, tensor in base.model.state_dict().items():
+        assert torch.equal(model.model.state_dict()[name], tensor), name
+    batch = tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        probs = model(**batch).logits.softmax(-1)
+    expected = [(LABELS[int(p.argmax())], float(p.max())) for p in probs]
+    predicted = _predict(head_run)
+    assert [label for label, _ in predicted] == [label for label, _ in expected]
+    assert [p for _, p in predicted] == pytest.approx([p for _, p in expected], abs=1e-3)
+
+
+def test_mlp_head_and_lora_classifiers_predict(tmp_path_factory):
+    mlp = _run(tmp_path_factory, "mlp", "--config", str(ROOT / "configs/classifier_mlp.yaml"))
+    config = json.loads((mlp / "config.json").read_text())
+    assert config["llmft_head"]["type"] == "mlp" and config["id2label"]["2"] == "positive"
+    assert len(_predict(mlp)) == 2
+
+    lora = _run(tmp_path_factory, "lora", "--task", "classification", "--data.format", "classification")
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = json.loads((lora / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(base, num_labels=3), lora
+    )
+    tokenizer = AutoTokenizer.from_pretrained(lora)
+    model.eval()
+    with torch.no_grad():
+        probs = model(**tokenizer(TEXTS, return_tensors="pt", padding=True)).logits.softmax(-1)
+    assert [label for label, _ in _predict(lora)] == [LABELS[int(p.argmax())] for p in probs]
+
+
+def test_predict_errors_are_one_line(tmp_path):
+    result = run_cli("predict", str(tmp_path), "--text", "hi")
+    assert result.returncode == 2 and "holds no classifier.json" in result.stderr
+    result = run_cli("predict", str(tmp_path))
+    assert result.returncode == 2 and "give texts with --text" in result.stderr
