@@ -212,6 +212,33 @@ def test_packed_alpaca_under_fsdp_gives_the_single_process_run(tmp_path_factory)
     assert [r["real_tokens"] for r in _train_rows(out)] == [r["real_tokens"] for r in _train_rows(single)]
 
 
+FREEZE_CASES = {
+    "bottom": {**FULL, "freeze.strategy": "bottom", "freeze.num_frozen_layers": 2},
+    "mlp-classifier": {"task": "classification", "data.format": "classification", "peft.method": "none",
+                       "freeze.strategy": "head_only", "head.type": "mlp", "head.dropout": 0.0, "train.lr": 1e-3},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(FREEZE_CASES))
+def test_freeze_strategies_under_fsdp_give_the_single_process_run(tmp_path_factory, tiny_model_dir, case):
+    settings = {**COMMON, **FREEZE_CASES[case]}
+    single = _single(tmp_path_factory, f"freeze-{case}", settings)
+    out, _ = _launch(tmp_path_factory, f"fsdp-freeze-{case}", 2, {**settings, "distributed.strategy": "fsdp"})
+    assert _losses(out) == pytest.approx(_losses(single), abs=TOLERANCE, rel=0)
+    from safetensors.torch import load_file
+
+    base = load_file(tiny_model_dir / "model.safetensors")
+    saved = load_file(out / "model.safetensors")
+    for name, tensor in saved.items():
+        if name in base:
+            frozen = "embed_tokens" in name or any(f"layers.{i}." in name for i in (0, 1))
+            if case == "mlp-classifier":
+                frozen = True  # head_only: the whole backbone
+            assert torch.equal(tensor, base[name]) == frozen, name
+    if case == "mlp-classifier":
+        assert any(name.startswith("score.") for name in saved)
+
+
 # --------------------------------------------------------------------------------------------------
 # Launches: two nodes with c10d rendezvous, four processes through the llama-recipes shim
 

@@ -94,13 +94,16 @@ def load_sharded(
         full = reference.state_dict()
     # Rank 0 alone can compare names; all ranks raise together rather than hang in the broadcast.
     shared = (
-        [_key_problem(model, reference), hf_model(reference).generation_config] if reference else [None, None]
+        [_key_problem(model, reference), getattr(hf_model(reference), "generation_config", None)]
+        if reference
+        else [None, None]
     )
     dist.broadcast_object_list(shared, src=0)
     problem, generation_config = shared
     if problem:
         raise RuntimeError(f"loading {source.ref} into the sharded model: {problem}")
-    hf_model(model).generation_config = generation_config
+    if generation_config is not None:  # causal LMs have one; classifiers do not
+        hf_model(model).generation_config = generation_config
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
