@@ -33,6 +33,13 @@ def test_the_seed_commands_flags_map_onto_the_config():
     assert cfg.peft.method == "lora" and cfg.output_dir == "out" and cfg.train.precision == "fp32"
 
 
+def test_freeze_layers_map_onto_the_bottom_strategy():
+    cfg = _config(["--freeze_layers", "--num_freeze_layers", "3", "--use_peft", "false"])
+    assert cfg.peft.method == "none" and cfg.freeze.strategy == "bottom"
+    assert cfg.freeze.num_frozen_layers == 3 and cfg.freeze.train_embeddings  # llama-recipes keeps embeddings
+    assert _config(["--freeze_layers"]).freeze.num_frozen_layers == 1  # llama-recipes' default
+
+
 def test_dataset_names_and_packing():
     assert _config(["--dataset", "alpaca_dataset"]).data.format == "alpaca"
     assert _config(["--dataset", "grammar_dataset"]).data.format == "grammar"
@@ -70,7 +77,8 @@ def test_fsdp_config_flags(monkeypatch):
     [
         (["--quantization"], "--quantization: quantized (QLoRA) bases are not supported yet"),
         (["--quantization", "--train_strategy", "fsdp"], "not supported yet"),
-        (["--freeze_layers", "--num_freeze_layers", "2"], "freezing the bottom layers is not supported yet"),
+        (["--freeze_layers", "--use_peft"], "--freeze_layers applies to full fine-tuning"),
+        (["--num_freeze_layers", "2"], "--num_freeze_layers needs --freeze_layers"),
         (["--dataset", "samsum_dataset"], "llmft does not bundle samsum"),
         (["--dataset", "custom_dataset"], "pass --data.path FILE"),
         (["--peft_method", "llama_adapter"], "llmft supports lora so far"),

@@ -137,11 +137,15 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
             "--quantization: quantized (QLoRA) bases are not supported yet; drop --quantization to "
             "fine-tune the base in its stored dtype (--model.dtype bfloat16 halves its memory)"
         )
-    if recipes.get("freeze_layers") or "num_freeze_layers" in recipes:
-        raise UserError(
-            "--freeze_layers / --num_freeze_layers: freezing the bottom layers is not supported yet; "
-            "use --use_peft (LoRA) or full fine-tuning"
-        )
+    if recipes.get("freeze_layers"):
+        if recipes.get("use_peft"):
+            # llama-recipes ignores the freeze silently with PEFT (and without FSDP); llmft says so.
+            raise UserError("--freeze_layers applies to full fine-tuning; drop --use_peft or --freeze_layers")
+        # llama-recipes freezes the first N decoder blocks (default 1) and leaves the embeddings trainable.
+        out += ["--peft.method", "none", "--freeze.strategy", "bottom", "--freeze.train_embeddings", "true",
+                "--freeze.num_frozen_layers", str(recipes.get("num_freeze_layers", 1))]  # fmt: skip
+    elif "num_freeze_layers" in recipes:
+        raise UserError("--num_freeze_layers needs --freeze_layers (as in llama-recipes)")
 
     strategy = recipes.get("train_strategy")
     if strategy is not None and strategy not in ("single", "ddp", "fsdp"):
@@ -197,7 +201,7 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
     method = recipes.get("peft_method")
     if method is not None and method != "lora":
         raise UserError(f"--peft_method {method}: llmft supports lora so far; use --peft_method lora")
-    if use_peft is False:
+    if use_peft is False and not recipes.get("freeze_layers"):
         out += ["--peft.method", "none"]
     elif use_peft or method:
         out += ["--peft.method", "lora"]
