@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from llmft.errors import UserError
+from llmft.hf import quiet_progress_bars
 from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, mlp_head
 
 
@@ -58,7 +59,8 @@ def load_classifier(folder: Path, device: torch.device):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # an mlp head is not in the file's layout for HF's `score`; loaded below
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(base, config=config)
+        with quiet_progress_bars():
+            model = AutoModelForSequenceClassification.from_pretrained(base, config=config)
     finally:
         hf_logging.set_verbosity(verbosity)
     if spec.head.type == "mlp":
