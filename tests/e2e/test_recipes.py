@@ -32,5 +32,11 @@ def test_recipe_trains(recipe, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(x) and 0 < x < 10 for x in losses)
-    weights = "model.safetensors" if "method: none" in recipe.read_text() else "adapter_model.safetensors"
+    text = recipe.read_text()
+    weights = "model.safetensors" if "method: none" in text else "adapter_model.safetensors"
     assert (out / weights).is_file()
+    if "method: none" in text and "task: classification" not in text:
+        # A fully or partly fine-tuned causal LM is a plain HF model folder.
+        from transformers import AutoModelForCausalLM
+
+        assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4

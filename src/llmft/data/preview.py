@@ -60,14 +60,18 @@ def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
     from llmft.models.loader import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.model)
-    bundle = prepare_data(cfg.data, tokenizer, cfg.train.seed)
+    bundle = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.task)
     stats = bundle.stats
     lines = [f"data: {bundle.source} (format {bundle.format.name}: {bundle.format.description})", ""]
     marks = "in green" if color else f"between {OPEN} {CLOSE}"
     for i, example in enumerate(bundle.train_examples[:count], start=1):
         trained = sum(label != IGNORE_INDEX for label in example.labels)
         cut = ", truncated" if example.truncated else ""
-        lines.append(f"--- example {i}: {len(example.input_ids)} tokens, {trained} trained ({marks}){cut}")
+        if example.class_label is not None:  # task classification: the target is the class
+            label = bundle.label_names[example.class_label]
+            lines.append(f"--- example {i}: {len(example.input_ids)} tokens, class {label!r}{cut}")
+        else:
+            lines.append(f"--- example {i}: {len(example.input_ids)} tokens, {trained} trained ({marks}){cut}")
         lines.append(mark_trained(example, tokenizer, color))
         lines.append("")
 
