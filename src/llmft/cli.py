@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="mark trained tokens in colour (auto: on a terminal) or between ⟦ ⟧",
     )
-    parser.commands = {"finetune": finetune, "validate": validate, "data": data}
+    from llmft.memory.command import add_parser as add_estimate_parser  # no torch import
+
+    estimate = add_estimate_parser(sub)
+    parser.commands = {"finetune": finetune, "validate": validate, "data": data, "estimate": estimate}
     return parser
 
 
@@ -139,6 +142,12 @@ def _setup_logging() -> None:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "estimate":  # flags of its own, no config
+        if extra:
+            raise UserError(f"estimate: unknown flag '{extra[0]}' (see llmft estimate --help)")
+        from llmft.memory.command import run as run_estimate
+
+        return run_estimate(args)
     _check_flag_typos(parser.commands[args.command], extra)
     config_path = args.config
     if args.command == "validate" and config_path is None:
