@@ -127,7 +127,7 @@ class _Walk:
     def block(self, layer: int, grad_in: bool) -> tuple[float, float, bool]:
         """(saved bytes per token, autocast weight copies, whether the output requires grad)."""
         s, spec, c = self.shape, self.spec, self.c
-        h, i, qd, kvd, nh = s.hidden_size, s.intermediate_size, s.q_dim, s.kv_dim, s.num_heads
+        h, i, qd, kvd = s.hidden_size, s.intermediate_size, s.q_dim, s.kv_dim
         norm_trains = f"layers.{layer}.input_layernorm" in self.trains
         total = self._norm(grad_in, norm_trains)
         y_grad = grad_in or norm_trains
