@@ -47,7 +47,8 @@ def _method_text(est: Estimate) -> str:
 def describe_setup(est: Estimate) -> str:
     s = est.setup
     return (
-        f"{s.shape.name}, {_method_text(est)}, {s.strategy} on {s.gpus} GPU(s) x {s.nodes} node(s), "
+        f"{s.shape.name}, {_method_text(est)}, {s.strategy} on {s.gpus} "
+        f"{'GPU(s)' if s.device == 'cuda' else 'process(es)'} x {s.nodes} node(s), "
         f"{s.micro_batch} x {s.seq_len} tokens per micro-batch, {s.precision} compute, base {s.storage}, "
         f"{s.optimizer}{', activation checkpointing' if s.activation_checkpointing else ''}"
         f"{', CPU offload' if s.cpu_offload else ''}"
@@ -73,7 +74,7 @@ def format_estimate(est: Estimate, advice: bool = True) -> str:
     lines = [
         f"Memory estimate: {describe_setup(est)}",
         f"parameters {est.parameters:,}, trainable {est.trainable_parameters:,} ({share:.2f}%)",
-        f"  {'per rank (GPU)':<24}{'GiB':>9}",
+        f"  {'per rank (' + ('GPU' if est.setup.device == 'cuda' else 'CPU') + ')':<24}{'GiB':>9}",
     ]
     for name, value in rows(est):
         extra = ""
