@@ -255,3 +255,13 @@ def test_estimate_table_says_what_does_not_fit_and_what_would(capsys):
         assert f"  {row} " in out
     assert "does NOT fit in 24.00 GiB" in out and "enable activation checkpointing" in out
     assert "host memory at load: rank 0" in out
+
+
+def test_the_docs_estimate_table_is_the_planners():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "memory_table.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
