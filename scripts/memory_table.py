@@ -40,7 +40,13 @@ def table() -> str:
                                      seq_len=2048, micro_batch=1, precision="bf16",
                                      activation_checkpointing=True))  # fmt: skip
                 other = est.autocast_copy_bytes + est.temporary_bytes + est.cuda_context_bytes
-                cells = [est.parameter_bytes, est.gradient_bytes, est.optimizer_bytes, est.activation_bytes, other]
+                cells = [
+                    est.parameter_bytes,
+                    est.gradient_bytes,
+                    est.optimizer_bytes,
+                    est.activation_bytes,
+                    other,
+                ]
                 fits = ["yes" if est.total_bytes <= limit else "no" for limit in MEMORY.values()]
                 lines.append(
                     f"| {model} | {method} | {gpus} | {strategy} | "
@@ -62,7 +68,10 @@ def main() -> int:
     updated = f"{before}{START}\n{table()}\n{END}{after}"
     if args.check:
         if updated != text:
-            print("docs/memory.md: the estimate table is stale; run python scripts/memory_table.py", file=sys.stderr)
+            print(
+                "docs/memory.md: the estimate table is stale; run python scripts/memory_table.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     DOC.write_text(updated, encoding="utf-8")
