@@ -109,7 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", metavar="RUN_DIR", help="output_dir of a run with task classification")
     predict.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
     predict.add_argument("--file", help="a file with one text per line")
-    parser.commands = {"finetune": finetune, "validate": validate, "data": data, "predict": predict}
+    from llmft.memory.command import add_parser as add_estimate_parser  # no torch import
+
+    estimate = add_estimate_parser(sub)
+    parser.commands = {
+        "finetune": finetune,
+        "validate": validate,
+        "data": data,
+        "predict": predict,
+        "estimate": estimate,
+    }
     return parser
 
 
@@ -176,6 +185,12 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "predict":
         return _predict(args, extra)
+    if args.command == "estimate":  # flags of its own, no config
+        if extra:
+            raise UserError(f"estimate: unknown flag '{extra[0]}' (see llmft estimate --help)")
+        from llmft.memory.command import run as run_estimate
+
+        return run_estimate(args)
     _check_flag_typos(parser.commands[args.command], extra)
     config_path = args.config
     if args.command == "validate" and config_path is None:

@@ -37,12 +37,14 @@ from llmft.distributed.loading import load_sharded
 from llmft.distributed.parallelize import apply_ddp, full_state_dict, unwrap
 from llmft.inference.generate import generate_text
 from llmft.inference.predict import classify
+from llmft.memory import run as memory_run
 from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
 from llmft.models.loader import load_causal_lm, load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
 from llmft.peft.freeze import apply_freeze, check_freeze, describe_groups
 from llmft.peft.methods import apply_method, check_method, count_parameters
-from llmft.train.metrics import MetricsLogger, finite_or_none, plot_losses
+from llmft.train.metrics import MetricsLogger, check_wandb, finite_or_none, plot_run
+from llmft.train.observe import peak_memory
 from llmft.train.optim import resolve_precision
 from llmft.train.trainer import Trainer, TrainSummary, accumulation_steps
 
@@ -62,6 +64,7 @@ class RunResult:
     model: Any = field(default=None, repr=False)  # the trained model, for callers that go on using it
     tokenizer: Any = field(default=None, repr=False)
     is_main: bool = True  # False on the other ranks of a multi-process run: they report nothing
+    notes: list[str] = field(default_factory=list)  # e.g. estimated vs measured memory
 
     def report(self) -> str:
         """The closing message: what happened, where everything was written, one sample."""
@@ -81,6 +84,7 @@ class RunResult:
             f"({self.device}, {self.precision}).",
             f"Train loss {s.window(True, window):.4f} (first {window} step{'s' if window > 1 else ''}) -> "
             f"{s.window(False, window):.4f} (last {window}){eval_part}",
+            *self.notes,
             f"Wrote {self.output_dir}/",
         ]
         width = max(len(k) for k in self.files)
@@ -172,6 +176,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     # method's targets (checked on a weightless copy of the model). Each process checks for itself
     # before the process group is joined, so a mistake never leaves processes waiting for each other.
     accumulation_steps(cfg.train, check_launch(cfg.distributed))
+    check_wandb(cfg.logging.wandb)
     source = resolve_model(cfg.model)
     tokenizer = load_tokenizer(source, cfg.model)
     data = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.task)
@@ -183,7 +188,6 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     skeleton = model_skeleton(source, cfg.model, classifier)
     check_method(skeleton, cfg.peft)
     check_freeze(skeleton, cfg.freeze)
-    del skeleton
     env = setup_distributed(cfg.distributed)
     log.info("model: %s", source.describe())
     log.info("data: %s from %s (format %s)", data.stats.describe(), data.source, data.format.name)
@@ -248,6 +252,8 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         precision,
         env.device,
     )
+    # The planner's estimate of this very run (compared with the measured peak at the end).
+    planned, trainer.observer = memory_run.start(cfg, skeleton.config, env, compute_dtype)
 
     metrics = None
     if env.is_main:
@@ -261,12 +267,23 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
         )
         (output_dir / CONFIG_FILE).write_text(resolved.to_yaml(), encoding="utf-8")
         run_log.open(output_dir)
-        metrics = MetricsLogger(output_dir, tensorboard=cfg.logging.tensorboard)
+        metrics = MetricsLogger(
+            output_dir,
+            tensorboard=cfg.logging.tensorboard,
+            wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None,
+            run_config=resolved.model_dump(mode="json"),
+        )
         trainer.attach_metrics(metrics)
     try:
         started = time.perf_counter()
         summary = trainer.fit()
         log.info("trained in %.1fs", time.perf_counter() - started)
+        memory, memory_lines = memory_run.compare(planned, peak_memory(env.device))
+        throughput = trainer.observer.summary()
+        if metrics is not None:
+            metrics.summary(
+                {**throughput, **memory["measured"], "estimated_total_bytes": planned.total_bytes}
+            )
     finally:
         if metrics is not None:
             metrics.close()
@@ -292,7 +309,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     if metrics.tensorboard_dir is not None:
         files["tensorboard"] = f"tensorboard/  (tensorboard --logdir {metrics.tensorboard_dir})"
     if cfg.logging.plot:
-        files["plot"] = plot_losses(metrics.path, output_dir / "loss.png").name
+        files["plot"] = ", ".join(path.name for path in plot_run(metrics.path, output_dir))
     files["log"] = "train.log"
     files["summary"] = "summary.json"
     files["base model"] = source.ref
@@ -303,6 +320,7 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     result = RunResult(
         output_dir, summary, source.ref, precision, str(env.device), prompt, sample, files, model, tokenizer
     )
+    result.notes = memory_lines
     (output_dir / "summary.json").write_text(
         json.dumps(
             {
@@ -321,6 +339,8 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
                 "device": str(env.device),
                 "precision": precision,
                 "sample": {"prompt": prompt, "completion": sample},
+                "throughput": throughput,
+                "memory": memory,
             },
             indent=2,
             ensure_ascii=False,

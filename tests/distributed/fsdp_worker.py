@@ -3,7 +3,9 @@
 Builds tiny-llama for full fine-tuning through llmft's own pieces (launch, rank-0 loading into shards,
 the Trainer), freezes the two bottom blocks and, inside block 2, the attention only (mixed
 requires_grad in one FSDP unit), trains a few steps and writes, per rank, what it holds (parameter and
-optimizer-state bytes of its shards) and, on rank 0, which weights changed.
+optimizer-state bytes of its shards) and, on rank 0, which weights changed. Then, for the memory
+planner, full fine-tuning and LoRA without freezing: one step each, with the bytes of this rank's
+parameter, gradient and optimizer-state shards measured between backward and the optimizer step.
 
     torchrun --nproc_per_node 2 tests/distributed/fsdp_worker.py OUT_DIR
 """
@@ -22,6 +24,7 @@ from llmft.data.pipeline import prepare_data
 from llmft.distributed.env import setup_distributed, teardown_distributed
 from llmft.distributed.loading import load_sharded
 from llmft.distributed.parallelize import local_bytes, optimizer_state_tensors
+from llmft.memory.measure import optimizer_state, tensor_bytes
 from llmft.models.loader import load_tokenizer, resolve_model
 from llmft.peft.methods import apply_method
 from llmft.train.trainer import Trainer
@@ -41,6 +44,22 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return {k: v.clone() for k, v in get_model_state_dict(model, options=options).items()}
+
+
+def measured_terms(source, cfg, env, data, tokenizer, method: str) -> dict[str, int]:
+    """This rank's parameter, gradient and optimizer-state bytes in one real FSDP step of ``method``."""
+    model = load_sharded(source, cfg.model, lambda m: apply_method(m, PeftSection(method=method)),
+                         cfg.distributed.fsdp, env)  # fmt: skip
+    trainer = Trainer(model, cfg.train, data.train, None, tokenizer.pad_token_id, env)
+    _, micro_batches = next(trainer.global_batches())
+    trainer.accumulate_gradients(micro_batches)
+    grads = tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
+    trainer.optimizer_step()
+    return {
+        "parameters": tensor_bytes(model.parameters()),
+        "gradients": grads,
+        "optimizer": tensor_bytes(optimizer_state(trainer.optimizer)),
+    }
 
 
 def main(out: Path) -> None:
@@ -73,6 +92,9 @@ def main(out: Path) -> None:
     if env.is_main:
         report["changed"] = sorted(k for k in before if not torch.equal(before[k], after[k]))
         report["unchanged"] = sorted(k for k in before if torch.equal(before[k], after[k]))
+    report["terms"] = {
+        method: measured_terms(source, cfg, env, data, tokenizer, method) for method in ("none", "lora")
+    }
     (out / f"rank{env.rank}.json").write_text(json.dumps(report))
     teardown_distributed()
 

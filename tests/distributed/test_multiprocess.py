@@ -174,6 +174,22 @@ def test_each_fsdp_rank_holds_half_of_the_parameters_and_optimizer_state(frozen_
     assert frozen_layers[0]["losses"] == frozen_layers[1]["losses"]  # a global loss, the same on each
 
 
+def test_memory_planner_terms_equal_each_fsdp_ranks_shards(frozen_layers):
+    from llmft.memory.architectures import resolve_shape
+    from llmft.memory.estimator import Setup, estimate
+    from llmft.memory.params import MethodSpec
+
+    for method, name in (("none", "full"), ("lora", "lora")):
+        setup = Setup(resolve_shape("tiny-llama"), MethodSpec(name), strategy="fsdp", gpus=2, precision="fp32",
+                      base_dtype="fp32", device="cpu")  # fmt: skip
+        planned = estimate(setup)
+        for report in frozen_layers:  # rank 0 and rank 1 hold shards of the same size here
+            measured = report["terms"][method]
+            assert planned.parameter_bytes == measured["parameters"]
+            assert planned.gradient_bytes == measured["gradients"]
+            assert planned.optimizer_bytes == measured["optimizer"]
+
+
 def test_frozen_layers_under_fsdp_stay_and_the_rest_train(frozen_layers):
     report = frozen_layers[0]
     frozen = [k for k in report["unchanged"] if "layers.0." in k or "layers.1." in k]

@@ -94,6 +94,26 @@ def test_files_of_a_run(short_run):
     assert summary["sample"]["prompt"] == "“The"
 
 
+def test_a_run_reports_its_memory_estimate_throughput_and_plots(short_run):
+    out, result = short_run
+    summary = json.loads((out / "summary.json").read_text())
+    memory = summary["memory"]
+    assert memory["estimate"]["schema"] == "llmft.estimate/1"
+    assert memory["estimate"]["setup"]["method"] == "lora" and memory["estimate"]["setup"]["device"] == "cpu"
+    assert memory["measured"]["peak_rss_mib"] > 0  # on CPU: the process's host RSS peak
+    assert summary["throughput"]["flops_per_token_dense"] > 0
+    train = [r for r in _rows(out) if "loss" in r]
+    for row in train:
+        assert row["flops_per_token"] > 0
+        assert row["tflops_per_device"] > 0 and row["peak_rss_mib"] > 0
+        assert row["mfu"] is None  # CPU without logging.measure_cpu_peak: no peak, no MFU
+    log = (out / "train.log").read_text()
+    assert "Memory estimate: tiny-llama, lora" in log and "FLOPs per token" in log
+    assert "Memory (rank 0): estimated" in result.stdout and "host RSS peak" in result.stdout
+    for name in ("loss.png", "lr.png", "throughput.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_overwrite_guard(short_run, tmp_path):
     out, _ = short_run
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

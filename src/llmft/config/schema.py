@@ -306,6 +306,17 @@ class LoggingSection(_Section):
 
     tensorboard: bool = True
     plot: bool = True
+    wandb: bool = Field(
+        False,
+        description="Also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network).",
+    )
+    wandb_project: str = Field("llmft", min_length=1, description="W&B project of the run.")
+    peak_tflops: Float | None = Field(
+        None, gt=0, description="Peak dense TFLOP/s per device for MFU; empty: the GPU's datasheet figure."
+    )
+    measure_cpu_peak: bool = Field(
+        False, description="On CPU, measure a matmul peak once at the start, for MFU (about a second)."
+    )
 
 
 class FreezeSection(_Section):

@@ -71,7 +71,9 @@ def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
             label = bundle.label_names[example.class_label]
             lines.append(f"--- example {i}: {len(example.input_ids)} tokens, class {label!r}{cut}")
         else:
-            lines.append(f"--- example {i}: {len(example.input_ids)} tokens, {trained} trained ({marks}){cut}")
+            lines.append(
+                f"--- example {i}: {len(example.input_ids)} tokens, {trained} trained ({marks}){cut}"
+            )
         lines.append(mark_trained(example, tokenizer, color))
         lines.append("")
 

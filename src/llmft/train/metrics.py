@@ -1,4 +1,6 @@
-"""Metrics sinks: ``metrics.jsonl`` (one JSON object per row), TensorBoard, and a PNG loss plot."""
+"""Metrics sinks: ``metrics.jsonl`` (one JSON object per row), TensorBoard, W&B (when installed and
+enabled; ``WANDB_MODE=offline`` works without network), and PNG plots of loss, learning rate and
+throughput."""
 
 from __future__ import annotations
 
@@ -8,7 +10,22 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llmft.errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+def check_wandb(enabled: bool) -> None:
+    """With ``logging.wandb`` on, wandb must be importable (it is not a dependency of llmft)."""
+    if not enabled:
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "logging.wandb: true, but wandb is not installed; pip install wandb (WANDB_MODE=offline needs "
+            "no account or network), or set --logging.wandb false"
+        ) from None
 
 
 def finite_or_none(value: Any) -> Any:
@@ -20,10 +37,23 @@ class MetricsLogger:
     """Writes each row to metrics.jsonl (flushed at once, so a crash keeps what was logged) and to
     TensorBoard under ``train/`` or ``eval/``."""
 
-    def __init__(self, output_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
         self.path = output_dir / "metrics.jsonl"
         self._file = self.path.open("a", encoding="utf-8")
         self._writer = None
+        self._wandb = None
+        if wandb_project is not None:
+            import wandb
+
+            self._wandb = wandb.init(
+                project=wandb_project, dir=str(output_dir), name=output_dir.name, config=run_config or {}
+            )
         self.tensorboard_dir: Path | None = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -42,11 +72,27 @@ class MetricsLogger:
                     continue
                 tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
                 self._writer.add_scalar(tag, value, step)
+        if self._wandb is not None:
+            self._wandb.log(
+                {
+                    (f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v
+                    for k, v in row.items()
+                    if k != "step" and isinstance(v, (int, float))
+                },
+                step=row["step"],
+            )
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Record end-of-run figures in W&B's run summary (metrics.jsonl holds only per-step rows)."""
+        if self._wandb is not None:
+            self._wandb.summary.update({k: v for k, v in values.items() if isinstance(v, (int, float))})
 
     def close(self) -> None:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -77,3 +123,39 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path:
     fig.savefig(png_path)
     plt.close(fig)
     return png_path
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+
+
+def plot_run(metrics_path: Path, output_dir: Path) -> list[Path]:
+    """loss.png (:func:`plot_losses`), lr.png and throughput.png (real tokens/s, and MFU where known)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [plot_losses(metrics_path, output_dir / "loss.png")]
+    rows = read_metrics(metrics_path)
+    for name, key, label in (
+        ("lr.png", "lr", "learning rate"),
+        ("throughput.png", "tokens_per_s", "real tokens/s"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+        series = _series(rows, key)
+        if series:
+            ax.plot(*zip(*series), linewidth=1.2)
+        mfu = _series(rows, "mfu") if key == "tokens_per_s" else []
+        if mfu:
+            twin = ax.twinx()
+            twin.plot(*zip(*mfu), color="tab:orange", linewidth=1.0)
+            twin.set_ylabel("MFU (orange)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(output_dir / name)
+        plt.close(fig)
+        paths.append(output_dir / name)
+    return paths

@@ -27,6 +27,7 @@ from llmft.distributed.parallelize import clip_grad_norm_, gradient_sync
 from llmft.errors import UserError
 from llmft.train.loss import class_loss_sum, classification_metrics, count_targets, token_loss_sum
 from llmft.train.metrics import MetricsLogger
+from llmft.train.observe import Observer
 from llmft.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class StepResult:
     grad_norm: float
     lr: float
     step_time_s: float
+    rows: int = 0  # sequences (padded or packed rows), all processes
 
 
 @dataclass
@@ -137,6 +139,7 @@ class Trainer:
         self.epoch = 0
         self.micro_batches_done = 0
         self._evaluated_at = -1
+        self.observer: Observer | None = None  # adds FLOPs, MFU and peak memory to the rows
 
     def attach_metrics(self, metrics: MetricsLogger | None) -> None:
         """Send rows to ``metrics`` from now on (only the main process writes)."""
@@ -241,8 +244,12 @@ class Trainer:
             )
         grad_norm = self.optimizer_step()
         self.step += 1
-        real = int(self.env.sum(torch.tensor(sum(int(mb["num_real_tokens"]) for mb in micro_batches))))
-        return StepResult(self.step, loss, targets, real, grad_norm, lr, time.perf_counter() - started)
+        local = [
+            sum(int(mb["num_real_tokens"]) for mb in micro_batches),
+            sum(len(mb["input_ids"]) for mb in micro_batches),
+        ]
+        real, rows = (int(x) for x in self.env.sum(torch.tensor(local)))
+        return StepResult(self.step, loss, targets, real, grad_norm, lr, time.perf_counter() - started, rows)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -352,12 +359,18 @@ class Trainer:
                             "tokens_per_s": result.real_tokens / result.step_time_s,
                             "step_time_s": result.step_time_s,
                             "elapsed_s": time.perf_counter() - run_started,
+                            **self._observe(result),
                         }
                     )
                 progress.update(1)
-                progress.set_postfix(
-                    loss=f"{result.loss:.4f}", tok_s=f"{summary.tokens_per_s:,.0f}", lr=f"{result.lr:.2e}"
-                )
+                postfix = {
+                    "loss": f"{result.loss:.4f}",
+                    "tok_s": f"{summary.tokens_per_s:,.0f}",
+                    "lr": f"{result.lr:.2e}",
+                }
+                if self.observer is not None and self.observer.mfus:
+                    postfix["mfu"] = f"{self.observer.mfus[-1]:.1%}"
+                progress.set_postfix(postfix)
                 if self.cfg.eval_every and result.step % self.cfg.eval_every == 0 and self.val_loader:
                     summary.eval_loss = self._eval_and_log(result.step, summary)
                     self._evaluated_at = result.step
@@ -386,6 +399,12 @@ class Trainer:
         else:
             log.info("step %d: eval loss %.4f (perplexity %.1f)", step, row["eval_loss"], row["eval_ppl"])
         return row["eval_loss"]
+
+    def _observe(self, result: StepResult) -> dict:
+        """FLOPs, MFU and peak memory of the step (nothing without an observer)."""
+        if self.observer is None:
+            return {}
+        return self.observer.step_row(result.real_tokens, result.rows, result.step_time_s)
 
     def _log(self, row: dict) -> None:
         if self.metrics is not None:
