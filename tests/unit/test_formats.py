@@ -97,9 +97,19 @@ def test_grammar_pairs_and_jfleg_records(tiny_tokenizer):
     segments, example = _tokenize(fmt, {"input": "He go home.", "target": "He goes home."}, tiny_tokenizer)
     prompt = GRAMMAR_TEMPLATE.format(input="He go home.")
     assert [s.text for s in segments] == [prompt, "He goes home."]
-    prompt_ids, target_ids = _ids(tiny_tokenizer, prompt), _ids(tiny_tokenizer, "He goes home.")
     eos = tiny_tokenizer.eos_token_id
-    assert example.labels == [IGNORE_INDEX] * (1 + len(prompt_ids)) + [*target_ids, eos]
+    # The joined text is tokenized once: the prompt's trailing space joins the target's first word
+    # (" He"), and that token, straddling the edge, is trained.
+    assert example.input_ids == [
+        tiny_tokenizer.bos_token_id,
+        *_ids(tiny_tokenizer, prompt + "He goes home."),
+        eos,
+    ]
+    trained = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
+    untrained = [t for t, label in zip(example.input_ids, example.labels) if label == IGNORE_INDEX]
+    assert tiny_tokenizer.decode(trained) == " He goes home.</s>"
+    assert tiny_tokenizer.decode(untrained) == "<s>" + prompt.rstrip()
+    assert example.labels[-len(trained) :] == trained  # targets are one run at the end
 
     jfleg = {
         "sentence": "She like apple.",
@@ -275,3 +285,34 @@ def test_column_map_and_missing_columns(tiny_tokenizer, tmp_path):
     assert prepare_data(cfg, tiny_tokenizer, seed=0).stats.examples == 3
     with pytest.raises(UserError, match="data.column_map: '.*pairs.jsonl' has no column 'wrong' to rename"):
         prepare_data(cfg.model_copy(update={"column_map": {"wrong": "input"}}), tiny_tokenizer, seed=0)
+
+
+def test_segments_tokenize_as_the_joined_text_with_sentencepiece_style_tokenizers():
+    # LLaMA-1/2 tokenizers (Metaspace) would start every separately tokenized segment with a word
+    # marker; the joined text has none after "\n", and generation sees the joined text.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmft.data.formats import Segment
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    tk.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    corpus = ["### Response:\nHello world", "Hello there"] * 50
+    tk.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"])
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    segments = [Segment("### Response:\n", False), Segment("Hello world", True)]
+    example = tokenize_segments(segments, tokenizer, SpecialIds(None, tokenizer.eos_token_id), 100)
+    whole = tokenizer("### Response:\nHello world", add_special_tokens=False)["input_ids"]
+    assert example.input_ids == [*whole, tokenizer.eos_token_id]
+    trained = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained[:-1]).endswith("Hello world") and trained[-1] == tokenizer.eos_token_id
+    assert example.labels[0] == IGNORE_INDEX  # the prompt's first token is not a target
+    # Separately tokenized, the response would start with a word marker the joined text does not have.
+    separate = tokenizer("Hello world", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(separate)[0].startswith("\u2581")
+    assert not any(t.startswith("\u2581Hello") for t in tokenizer.convert_ids_to_tokens(example.input_ids))

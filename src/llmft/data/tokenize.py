@@ -48,7 +48,10 @@ def tokenize_segments(
 ) -> TokenizedExample:
     """Token ids and labels of one rendered record.
 
-    Each segment is tokenized on its own so that the mask follows segment boundaries exactly. EOS is
+    The whole text is tokenized once, as generation will see it (tokenizing each segment on its own
+    would, with SentencePiece tokenizers, start every segment with a word-boundary marker that the joined
+    text does not have). A token is a target when its characters overlap a trained segment (offsets
+    from the fast tokenizer), so a token that straddles the prompt/response edge is trained. EOS is
     appended (and trained) so the model learns to stop; a record longer than ``max_seq_len`` is cut at
     the end, which drops its EOS, and is reported as truncated.
     """
@@ -57,10 +60,19 @@ def tokenize_segments(
     if special.bos_id is not None:
         input_ids.append(special.bos_id)
         labels.append(IGNORE_INDEX)
+    spans: list[tuple[int, int]] = []  # character spans of the trained segments
+    position = 0
     for segment in segments:
-        ids = tokenizer(segment.text, add_special_tokens=False)["input_ids"]
-        input_ids.extend(ids)
-        labels.extend(ids if segment.trained else [IGNORE_INDEX] * len(ids))
+        if segment.trained:
+            spans.append((position, position + len(segment.text)))
+        position += len(segment.text)
+    encoded = tokenizer(
+        "".join(s.text for s in segments), add_special_tokens=False, return_offsets_mapping=True
+    )
+    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        trained = any(start < stop and max(end, start + 1) > begin for begin, stop in spans)
+        input_ids.append(token)
+        labels.append(token if trained else IGNORE_INDEX)
     if add_eos and special.eos_id is not None:
         input_ids.append(special.eos_id)
         labels.append(special.eos_id if segments and segments[-1].trained else IGNORE_INDEX)
