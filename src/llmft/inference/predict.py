@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from llmft.errors import UserError
 from llmft.hf import quiet_progress_bars
-from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, mlp_head
+from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, fp32_head, mlp_head
 
 
 @torch.no_grad()
@@ -64,11 +65,13 @@ def load_classifier(folder: Path, device: torch.device):
     finally:
         hf_logging.set_verbosity(verbosity)
     if spec.head.type == "mlp":
-        model.score = mlp_head(spec.head, config.hidden_size, len(spec.labels))
+        model.score = fp32_head(mlp_head(spec.head, config.hidden_size, len(spec.labels)))
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, folder)
+        with warnings.catch_warnings():  # peft calls a method transformers 5 deprecates; nothing to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, folder)
     elif spec.head.type == "mlp":
         from safetensors.torch import load_file
 

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from llmft.config import HeadSection
@@ -68,8 +69,21 @@ def mlp_head(head: HeadSection, hidden: int, classes: int, device=None) -> nn.Se
     return nn.Sequential(*layers)
 
 
+def _inputs_in_head_dtype(module: nn.Module, args: tuple) -> tuple:
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def fp32_head(head: nn.Module) -> nn.Module:
+    """Keep a trainable head in fp32 whatever the backbone's dtype (bf16 updates of small steps round
+    away); its input is cast to the head's dtype on the way in, so it also runs without autocast."""
+    head.float()
+    head.register_forward_pre_hook(_inputs_in_head_dtype)
+    return head
+
+
 def attach_head(model: nn.Module, spec: ClassifierSpec) -> nn.Module:
-    """Give ``model`` (a sequence classifier) a freshly initialised head from the current RNG.
+    """Give ``model`` (a sequence classifier) a freshly initialised fp32 head from the current RNG.
 
     Called after the run's seed is set, so the head is the same in every run and on every rank
     (transformers would initialise a missing ``score`` from whatever the RNG held at load time).
@@ -78,9 +92,8 @@ def attach_head(model: nn.Module, spec: ClassifierSpec) -> nn.Module:
     weight = model.score.weight
     if spec.head.type == "linear":
         nn.init.normal_(weight, mean=0.0, std=getattr(config, "initializer_range", 0.02))
+        fp32_head(model.score)
         return model
-    model.score = mlp_head(spec.head, config.hidden_size, len(spec.labels), device=weight.device).to(
-        weight.dtype
-    )
+    model.score = fp32_head(mlp_head(spec.head, config.hidden_size, len(spec.labels), device=weight.device))
     config.llmft_head = spec.head.model_dump()
     return model
