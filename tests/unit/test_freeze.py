@@ -118,3 +118,15 @@ def test_bad_freeze_settings_fail_before_training():
         overrides = {"peft.method": "none", **settings}
         with pytest.raises(UserError, match=message):
             build_config({}, overrides)
+
+
+def test_a_tied_head_needs_trainable_embeddings():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=64, tie_word_embeddings=True)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with pytest.raises(UserError, match="tied.*add --freeze.train_embeddings true"):
+        check_freeze(model, FreezeSection(strategy="head_only"))
+    apply_freeze(model, FreezeSection(strategy="head_only", train_embeddings=True))
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["model.embed_tokens.weight"]

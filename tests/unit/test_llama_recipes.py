@@ -41,7 +41,8 @@ def test_freeze_layers_map_onto_the_bottom_strategy():
 
 
 def test_dataset_names_and_packing():
-    assert _config(["--dataset", "alpaca_dataset"]).data.format == "alpaca"
+    alpaca = _config(["--dataset", "alpaca_dataset"]).data
+    assert (alpaca.format, alpaca.prompt_template) == ("alpaca", "alpaca_legacy")  # llama-recipes' template
     assert _config(["--dataset", "grammar_dataset"]).data.format == "grammar"
     assert _config(["--batching_strategy", "packing"]).data.batching == "packing"
     assert translate(["--dataset=quotes"]) == ["--data.format", "quotes"]

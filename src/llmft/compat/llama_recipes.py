@@ -101,6 +101,9 @@ def _parse(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
 
 
 def _dataset(name: str) -> list[str]:
+    if name == "alpaca_dataset":
+        # llama-recipes' PROMPT_DICT is the original Alpaca template: no newline after "### Response:".
+        return ["--data.format", "alpaca", "--data.prompt_template", "alpaca_legacy"]
     if name in DATASETS:
         return ["--data.format", DATASETS[name]]
     if name == "samsum_dataset":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -149,7 +150,7 @@ def prepare_data(
             examples = examples[:1]
             refs = fmt.references(record, where)
             if refs is not None:
-                references.append(("".join(s.text for s in examples[0] if not s.trained), refs))
+                references.append(("".join(s.text for s in examples[0][:-1]), refs))  # all but the response
         label = fmt.label_of(record, where)
         if label is not None:
             labels.add(label)
@@ -179,7 +180,7 @@ def prepare_data(
             cfg.max_seq_len,
         )
     if task == "classification":
-        names = sorted(labels, key=lambda x: (0, int(x)) if x.lstrip("-").isdigit() else (1, x))
+        names = sorted(labels, key=lambda x: (0, int(x), "") if re.fullmatch(r"-?[0-9]+", x) else (1, 0, x))
         if len(names) < 2:
             raise UserError(
                 f"data.path: '{path}' has {len(names)} distinct label(s); a classifier needs 2 or more"

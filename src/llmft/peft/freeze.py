@@ -106,12 +106,23 @@ def _pattern_problem(names: list[str], pattern: str, field: str) -> str | None:
     )
 
 
+def _tied_head(model: nn.Module) -> bool:
+    base = hf_model(model)
+    head = base.get_output_embeddings()
+    return head is not None and head.weight is base.get_input_embeddings().weight
+
+
 def check_freeze(model: nn.Module, cfg: FreezeSection) -> None:
     """Raise a UserError if ``cfg`` cannot apply to ``model`` (which may live on the meta device)."""
     if cfg.strategy == "bottom":
         _frozen_block_count(cfg, len(decoder_blocks(model)))
     if cfg.strategy == "head_only" and _head_module(model) is None:
         raise UserError("freeze.strategy head_only: the model has no output head to train")
+    if cfg.strategy in ("head_only", "bottom") and _tied_head(model) and not cfg.train_embeddings:
+        raise UserError(
+            f"freeze.strategy {cfg.strategy}: the LM head shares its weight with the token embeddings (tied), "
+            f"so the head cannot train while the embeddings stay frozen; add --freeze.train_embeddings true"
+        )
     if cfg.strategy == "patterns":
         names = [name for name, _ in model.named_parameters()]
         for field, patterns in (("freeze.include", cfg.include), ("freeze.exclude", cfg.exclude)):
@@ -149,11 +160,4 @@ def apply_freeze(model: nn.Module, cfg: FreezeSection) -> nn.Module:
                 or (cfg.train_norms and id(parameter) in norms)
             )
         parameter.requires_grad_(trains)
-    base = hf_model(model)
-    head = base.get_output_embeddings()
-    if head is not None and head.weight is base.get_input_embeddings().weight:
-        log.warning(
-            "the LM head shares its weight with the token embeddings (tied): it trains%s with them",
-            "" if head.weight.requires_grad else " (here: stays frozen)",
-        )
     return model
