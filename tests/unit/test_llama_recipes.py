@@ -33,6 +33,15 @@ def test_the_seed_commands_flags_map_onto_the_config():
     assert cfg.peft.method == "lora" and cfg.output_dir == "out" and cfg.train.precision == "fp32"
 
 
+def test_fsdp_options_without_fsdp_and_pure_bf16_full_finetuning_are_honoured():
+    cfg = _config(["--fsdp_config.sharding_strategy", "SHARD_GRAD_OP"])  # ignored without FSDP, as there
+    assert cfg.distributed.strategy == "single" and cfg.distributed.fsdp.reshard_after_forward
+    full = _config(["--enable_fsdp", "--use_peft", "false", "--fsdp_config.pure_bf16"], world_size=2)
+    assert (full.peft.method, full.model.dtype, full.train.precision) == ("none", "float32", "bf16")
+    lora = _config(["--enable_fsdp", "--use_peft", "--fsdp_config.pure_bf16"], world_size=2)
+    assert (lora.model.dtype, lora.distributed.fsdp.param_dtype) == ("bfloat16", "bfloat16")
+
+
 def test_freeze_layers_map_onto_the_bottom_strategy():
     cfg = _config(["--freeze_layers", "--num_freeze_layers", "3", "--use_peft", "false"])
     assert cfg.peft.method == "none" and cfg.freeze.strategy == "bottom"

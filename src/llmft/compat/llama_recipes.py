@@ -161,6 +161,8 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
             )
         strategy = implied
     sharding = recipes.get("fsdp_config.sharding_strategy")
+    if sharding is not None and strategy != "fsdp":
+        sharding = None  # llama-recipes reads fsdp_config only with FSDP enabled
     if sharding is not None:
         out += _sharding(str(sharding), world_size)
         if sharding == "NO_SHARD":
@@ -215,7 +217,12 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
     if "mixed_precision" in recipes:
         # llama-recipes: bf16 where the hardware has it; llmft's 'auto' decides the same way.
         out += ["--train.precision", "auto" if recipes["mixed_precision"] else "fp32"]
-    if recipes.get("fsdp_config.pure_bf16"):
+    full = use_peft is False or bool(recipes.get("freeze_layers"))
+    if recipes.get("fsdp_config.pure_bf16") and full:
+        # llama-recipes stores a fully fine-tuned model in bf16, where small AdamW updates round away;
+        # llmft keeps fp32 weights and computes in bf16 (docs/design.md: full fine-tuning keeps fp32).
+        out += ["--train.precision", "bf16"]
+    elif recipes.get("fsdp_config.pure_bf16"):
         out += ["--model.dtype", "bfloat16"]
         if strategy == "fsdp":
             out += ["--distributed.fsdp.param_dtype", "bfloat16"]
@@ -224,7 +231,7 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
             "--train.gradient_checkpointing",
             str(recipes["fsdp_config.fsdp_activation_checkpointing"]).lower(),
         ]
-    if recipes.get("fsdp_config.fsdp_cpu_offload"):
+    if recipes.get("fsdp_config.fsdp_cpu_offload") and strategy == "fsdp":
         out += ["--distributed.fsdp.cpu_offload", "true"]
     return out + passthrough
 
