@@ -140,18 +140,20 @@ def _slice(split: str, total: int, path: Path) -> range:
 def _load_hub(name: str, subset: str | None, split: str, description: str):
     import datasets
 
-    if hub_offline() and not Path(name).is_dir():
-        raise UserError(
-            f"data.path: '{name}' is not a local file or folder, and the hub is offline (HF_HUB_OFFLINE=1): on a "
-            f"machine with network run datasets.load_dataset('{name}').save_to_disk('DIR') and pass "
-            f"--data.path DIR, or pass a local JSON/JSONL/CSV/Parquet file"
-        )
     try:
         return datasets.load_dataset(name, subset, split=split)
     except Exception as exc:
         error = _split_error(description, split, exc)
         if error:
             raise error from None
+        # Offline, `datasets` still serves a hub dataset from its cache; only a miss gets here.
+        if hub_offline() and not Path(name).is_dir():
+            raise UserError(
+                f"data.path: '{name}' is not a local file or folder, and the hub is offline (HF_HUB_OFFLINE=1) "
+                f"with no cached copy: on a machine with network run "
+                f"datasets.load_dataset('{name}').save_to_disk('DIR') and pass --data.path DIR, or pass a local "
+                f"JSON/JSONL/CSV/Parquet file"
+            ) from None
         raise UserError(
             f"data.path: could not load {description}: {_reason(exc)}; check the name (and data.subset), or "
             f"pass a local file"
