@@ -167,3 +167,11 @@ def test_trainer_data_position_continues_the_stream(tiny_model_dir):
         resumed.load_data_state(state)
         tail, _ = stream(resumed)
         assert head + tail == whole
+
+
+def test_a_slow_tokenizer_is_a_one_line_error():
+    slow = type("LlamaTokenizer", (), {"is_fast": False})()
+    with pytest.raises(
+        UserError, match="model.name: the tokenizer \\(LlamaTokenizer\\) is a slow Python tokenizer"
+    ):
+        prepare_data(DataSection(), slow, seed=0)

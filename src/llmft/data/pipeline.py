@@ -121,6 +121,13 @@ def prepare_data(
     record's text alone (no label text, no EOS) with its class index; classes are the sorted label names
     (numerically sorted when all are integers), kept with the model.
     """
+    if not getattr(tokenizer, "is_fast", False):
+        # The label mask needs character offsets, which only the fast (Rust) tokenizers give.
+        raise UserError(
+            f"model.name: the tokenizer ({type(tokenizer).__name__}) is a slow Python tokenizer; llmft needs a "
+            f"fast one (tokenizer.json) - convert it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+            f".save_pretrained(DIR) and use that folder"
+        )
     fmt = get_format(cfg, tokenizer)
     path = resolve_source(cfg, fmt)
     records = load_records(path, cfg.split, cfg.subset, cfg.column_map)
