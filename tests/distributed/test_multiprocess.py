@@ -251,6 +251,11 @@ def test_ddp_gives_the_single_process_run(tmp_path_factory, request, method, set
     assert stdout.count("Done: 4 steps") == 1
     if method == "lora":
         torch.testing.assert_close(_adapter_logits(out), _adapter_logits(single), rtol=0, atol=1e-4)
+        # DDP's checkpoint (replicated tensors written once) continues in one process.
+        resumed = tmp_path_factory.mktemp("ddp-resumed") / "single"
+        finetune(build_config({}, {**COMMON, **settings, "output_dir": str(resumed)}),
+                 resume=str(out / "checkpoints" / "step-000002"))  # fmt: skip
+        assert _losses(resumed) == pytest.approx(_losses(out)[2:], abs=TOLERANCE, rel=0)
 
 
 def test_packed_alpaca_under_fsdp_gives_the_single_process_run(tmp_path_factory):
