@@ -107,6 +107,23 @@ CONF
     return 1
 }
 
+stop_pids() { # PIDFILE...: TERM, up to 5 s to exit, then KILL
+    local pidfile pid pids=()
+    for pidfile in "$@"; do
+        [[ -f $pidfile ]] || continue
+        pid=$(cat "$pidfile")
+        rm -f "$pidfile"
+        [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+    done
+    for _ in $(seq 1 50); do
+        local alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || return 0
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+
 stop() {
     local dir pidfile pid proc
     dir=$(cd "$1" && pwd)
@@ -118,16 +135,9 @@ stop() {
             sleep 0.5
         done
     fi
-    for pidfile in "$dir"/slurmd-*.pid "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
-        [[ -f $pidfile ]] || continue
-        pid=$(cat "$pidfile")
-        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" || true
-            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" || true
-        fi
-        rm -f "$pidfile"
-    done
+    # All daemons at once (each takes a moment to shut down), munged last: the others talk to it.
+    stop_pids "$dir"/slurmd-*.pid "$dir/slurmctld.pid"
+    stop_pids "$dir/munge/munged.pid"
     # Whatever is left (a slurmstepd or a job's process) carries this cluster's SLURM_CONF in the
     # environment it started with: the daemons got it from `start`, the jobs from sbatch.
     for proc in /proc/[0-9]*; do

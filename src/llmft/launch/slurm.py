@@ -224,7 +224,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             raise UserError("--out - prints the script; --submit needs a file (drop --out or name one)")
         print(text, end="")
         return 0
+    sbatch = shutil.which("sbatch")
+    if args.submit and sbatch is None:
+        raise UserError("--submit: sbatch is not on PATH; run this on a Slurm login node, or drop --submit")
     path = Path(args.out or f"{job.job_name}.sbatch")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {path}: folder '{path.parent}' not found; create it or pick another path")
     path.write_text(text, encoding="utf-8")
     path.chmod(0o755)
     print(
@@ -233,9 +238,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if not args.submit:
         print(f"submit it with: sbatch {shlex.quote(str(path))}")
         return 0
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise UserError("--submit: sbatch is not on PATH; run this on a Slurm login node, or drop --submit")
     result = subprocess.run(
         [sbatch, "--parsable", str(path)], capture_output=True, text=True, env=os.environ.copy()
     )
