@@ -7,6 +7,8 @@ mid-run must save a checkpoint, be requeued, resume and finish with the losses o
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,8 +64,14 @@ def _resume_supported() -> bool:
     return any("--resume" in action.option_strings for action in finetune_parser._actions)
 
 
-def test_two_node_fsdp_job_completes_with_the_single_process_losses(slurm_cluster, tiny_model_dir, tmp_path):
-    expected = _single(tmp_path / "single", SETTINGS)
+@pytest.fixture(scope="module")
+def single_losses(tmp_path_factory, tiny_model_dir) -> list[float]:
+    """The one-process run of SETTINGS (the preset is materialised first: the jobs only read it)."""
+    return _single(tmp_path_factory.mktemp("single") / "run", SETTINGS)
+
+
+def test_two_node_fsdp_job_completes_with_the_single_process_losses(slurm_cluster, single_losses, tmp_path):
+    expected = single_losses
     out = tmp_path / "slurm-run"
     extra = {} if _resume_supported() else {"LLMFT_RESUME": ""}  # before issue 7: no --resume flag yet
     result = slurm_cluster.run(
@@ -80,3 +88,30 @@ def test_two_node_fsdp_job_completes_with_the_single_process_losses(slurm_cluste
     assert log.count("Done: 4 steps") == 1  # rank 0 alone reports
     assert _losses(out) == pytest.approx(expected, abs=TOLERANCE, rel=0)
     assert expected[0] != expected[-1]
+
+
+def test_seed_command_submits_an_hsdp_job_sharded_in_each_node_replicated_across(
+    slurm_cluster, single_losses, tmp_path
+):
+    # python fsdp.slurm --num_nodes 2 --num_gpu 2: on CPU, 2 gloo processes per node, 4 in all.
+    out = tmp_path / "hsdp-run"
+    extra = {} if _resume_supported() else {"LLMFT_RESUME": ""}  # before issue 7: no --resume flag yet
+    result = slurm_cluster.run(
+        sys.executable, str(REPO / "fsdp.slurm"), "--num_nodes", "2", "--num_gpu", "2", "--hsdp",
+        "--distributed.device", "cpu", *_flags(SETTINGS), "--output_dir", str(out), cwd=tmp_path,
+        env=slurm_cluster.env(**extra),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"submitted job (\d+)", result.stdout).group(1)
+    job = slurm_cluster.wait(job_id, timeout=150)
+    log = _log(tmp_path, job_id)
+    assert job["JobState"] == "COMPLETED", log[-4000:]
+    assert "2 node(s) (n[1-2]) x 2 process(es)" in log
+    train_log = (out / "train.log").read_text()
+    # Mesh (replicate 2, shard 2): torchrun numbers each node's processes consecutively, so each
+    # shard group is one node's two processes and the replicas are the two nodes.
+    assert (
+        "over mesh (2, 2)" in train_log
+        and "global batch 8 = 2 micro x 1 accumulation x 4 process(es)" in train_log
+    )
+    assert _losses(out) == pytest.approx(single_losses, abs=TOLERANCE, rel=0)
