@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -62,6 +63,7 @@ def cluster_processes(folder: Path) -> list[int]:
 @dataclass
 class Cluster:
     folder: Path
+    final_states: ClassVar[set[str]] = FINAL_STATES
 
     @property
     def conf(self) -> Path:
@@ -86,6 +88,9 @@ class Cluster:
         result = self.run("scontrol", "show", "job", "-o", job_id)
         assert result.returncode == 0, result.stderr
         return dict(re.findall(r"(\w+)=(\S*)", result.stdout))
+
+    def ctld_log(self) -> str:
+        return (self.folder / "log" / "slurmctld.log").read_text()[-3000:]
 
     def wait(self, job_id: str, timeout: float, until=lambda job: job["JobState"] in FINAL_STATES) -> dict:
         deadline = time.monotonic() + timeout

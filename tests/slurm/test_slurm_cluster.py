@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,57 @@ def test_seed_command_submits_an_hsdp_job_sharded_in_each_node_replicated_across
         and "global batch 8 = 2 micro x 1 accumulation x 4 process(es)" in train_log
     )
     assert _losses(out) == pytest.approx(single_losses, abs=TOLERANCE, rel=0)
+
+
+PREEMPT_SETTINGS = {**SETTINGS, "train.max_steps": 16, "checkpoint.every_steps": 0}  # 2 epochs of 8 steps
+
+
+@pytest.mark.skipif(
+    not _resume_supported(),
+    reason="needs `llmft finetune --resume` and checkpoints on SIGUSR1 (issue 7), which this llmft lacks",
+)
+def test_usr1_mid_run_saves_requeues_resumes_and_gives_the_uninterrupted_losses(slurm_cluster, tmp_path):
+    # The reference is the same 2-node job uninterrupted (a resumed run repeats its own layout's
+    # arithmetic exactly; over 16 steps the 2-rank and 1-rank sums drift apart by ~1e-4). Both jobs
+    # run at once: each takes one CPU of each node.
+    flags = ["--distributed.strategy", "fsdp", *_flags(PREEMPT_SETTINGS)]
+    reference = slurm_cluster.run("sbatch", "--parsable", "--nodes=2", str(SBATCH), *flags, "--output_dir",
+                                  str(tmp_path / "uninterrupted"), cwd=tmp_path)  # fmt: skip
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "preempted-run"
+    result = slurm_cluster.run("llmft", "slurm", "--nodes", "2", "--gpus-per-node", "1", "--distributed.device",
+                               "cpu", *flags, "--output_dir", str(out), "--submit", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"submitted job (\d+)", result.stdout).group(1)
+
+    # USR1 once training runs (llmft's handler is installed; before it, USR1 is ignored), as Slurm
+    # sends it before the time limit with --signal=B:USR1@S: to the batch script, which forwards it.
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 150
+    while not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
+        assert slurm_cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), _log(tmp_path, job_id)[-3000:]
+        assert time.monotonic() < deadline, "training did not start in 150 s"
+        time.sleep(0.2)
+    signal = slurm_cluster.run("scancel", "--signal=USR1", "--batch", job_id)
+    assert signal.returncode == 0, signal.stderr
+
+    # The script requeues the job; it starts again once its old credential expires (the test
+    # cluster's cred_expire, 10 s; Slurm's default is 120 s) and resumes.
+    job = slurm_cluster.wait(job_id, timeout=240)
+    log = _log(tmp_path, job_id)
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", log[-4000:] + slurm_cluster.ctld_log()
+    first, second = log.split(f"job {job_id} restart 1]", 1)
+    assert "USR1: stopping at the end of the current step" in first
+    assert f"requeueing job {job_id}" in first and "llmft finished" not in first
+    stopped_at = re.search(r"llmft stopped \(status \d+\); latest checkpoint: step-0*(\d+)", first)
+    assert stopped_at, first[-3000:]
+    step = int(stopped_at.group(1))
+    assert 2 <= step < 16  # saved mid-run, at the step where it stopped
+    assert f"latest checkpoint: step-{step:06d}" in second.splitlines()[0]
+    assert f"resuming from {out / 'checkpoints' / f'step-{step:06d}'} at step {step} of 16" in second
+    assert "llmft finished" in second and second.count("Done: 16 steps") == 1
+
+    reference_job = slurm_cluster.wait(reference.stdout.strip(), timeout=60)
+    assert reference_job["JobState"] == "COMPLETED" and reference_job["Restarts"] == "0"
+    expected = _losses(tmp_path / "uninterrupted")
+    assert len(expected) == 16 and _losses(out) == pytest.approx(expected, abs=TOLERANCE, rel=0)
