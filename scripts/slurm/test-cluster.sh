@@ -28,9 +28,18 @@ install() {
         return 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # policy-rc.d in containers keeps the packages' services from starting; ours start in `start`.
-    apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    # The packages' own services must not start (no systemd here, and no config for them: their
+    # postinst would fail); ours start in `start`. policy-rc.d says so, as Docker images do.
+    local policy=/usr/sbin/policy-rc.d status=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+    else
+        policy=""
+    fi
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null || status=$?
+    [[ -n $policy ]] && rm -f "$policy"
+    return $status
 }
 
 start() {

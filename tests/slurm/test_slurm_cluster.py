@@ -57,14 +57,6 @@ def _log(folder: Path, job_id: str) -> str:
     return path.read_text() if path.exists() else f"(no log {path})"
 
 
-def _resume_supported() -> bool:
-    """Whether ``llmft finetune`` has ``--resume`` (checkpoints and preemption, issue 7)."""
-    from llmft.cli import build_parser
-
-    finetune_parser = build_parser().commands["finetune"]
-    return any("--resume" in action.option_strings for action in finetune_parser._actions)
-
-
 @pytest.fixture(scope="module")
 def single_losses(tmp_path_factory, tiny_model_dir) -> list[float]:
     """The one-process run of SETTINGS (the preset is materialised first: the jobs only read it)."""
@@ -74,10 +66,9 @@ def single_losses(tmp_path_factory, tiny_model_dir) -> list[float]:
 def test_two_node_fsdp_job_completes_with_the_single_process_losses(slurm_cluster, single_losses, tmp_path):
     expected = single_losses
     out = tmp_path / "slurm-run"
-    extra = {} if _resume_supported() else {"LLMFT_RESUME": ""}  # before issue 7: no --resume flag yet
     result = slurm_cluster.run(
         "sbatch", "--parsable", "--nodes=2", str(SBATCH), "--distributed.strategy", "fsdp",
-        *_flags(SETTINGS), "--output_dir", str(out), cwd=tmp_path, env=slurm_cluster.env(**extra),
+        *_flags(SETTINGS), "--output_dir", str(out), cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
@@ -85,6 +76,7 @@ def test_two_node_fsdp_job_completes_with_the_single_process_losses(slurm_cluste
     log = _log(tmp_path, job_id)
     assert job["JobState"] == "COMPLETED", log[-4000:]
     assert "2 node(s) (n[1-2]) x 1 process(es)" in log and "llmft finished" in log
+    assert "--resume auto" in log  # what makes a requeued job continue; a fresh folder starts fresh
     assert job["NodeList"] == "n[1-2]" and job["NumNodes"] == "2"
     assert log.count("Done: 4 steps") == 1  # rank 0 alone reports
     assert _losses(out) == pytest.approx(expected, abs=TOLERANCE, rel=0)
@@ -96,11 +88,9 @@ def test_seed_command_submits_an_hsdp_job_sharded_in_each_node_replicated_across
 ):
     # python fsdp.slurm --num_nodes 2 --num_gpu 2: on CPU, 2 gloo processes per node, 4 in all.
     out = tmp_path / "hsdp-run"
-    extra = {} if _resume_supported() else {"LLMFT_RESUME": ""}  # before issue 7: no --resume flag yet
     result = slurm_cluster.run(
         sys.executable, str(REPO / "fsdp.slurm"), "--num_nodes", "2", "--num_gpu", "2", "--hsdp",
         "--distributed.device", "cpu", *_flags(SETTINGS), "--output_dir", str(out), cwd=tmp_path,
-        env=slurm_cluster.env(**extra),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     job_id = re.search(r"submitted job (\d+)", result.stdout).group(1)
@@ -121,11 +111,9 @@ def test_seed_command_submits_an_hsdp_job_sharded_in_each_node_replicated_across
 PREEMPT_SETTINGS = {**SETTINGS, "train.max_steps": 16, "checkpoint.every_steps": 0}  # 2 epochs of 8 steps
 
 
-@pytest.mark.skipif(
-    not _resume_supported(),
-    reason="needs `llmft finetune --resume` and checkpoints on SIGUSR1 (issue 7), which this llmft lacks",
-)
-def test_usr1_mid_run_saves_requeues_resumes_and_gives_the_uninterrupted_losses(slurm_cluster, tmp_path):
+def test_usr1_mid_run_saves_requeues_resumes_and_gives_the_uninterrupted_losses(
+    slurm_cluster, tiny_model_dir, tmp_path
+):
     # The reference is the same 2-node job uninterrupted (a resumed run repeats its own layout's
     # arithmetic exactly; over 16 steps the 2-rank and 1-rank sums drift apart by ~1e-4). Both jobs
     # run at once: each takes one CPU of each node.
