@@ -83,6 +83,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
+# a scheduling pass every second (default 60): a requeued job starts as soon as it may
+SchedulerParameters=sched_interval=1
 SwitchType=switch/none
 MpiDefault=none
 JobRequeue=1

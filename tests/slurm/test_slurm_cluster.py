@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmft.config import build_config
 from llmft.finetune import finetune
@@ -48,7 +49,13 @@ def _losses(out: Path) -> list[float]:
 
 
 def _single(out: Path, settings: dict) -> list[float]:
-    finetune(build_config({}, {**settings, "output_dir": str(out)}))
+    # One thread, as the jobs run (OMP_NUM_THREADS=1): on two busy cores two threads were 10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        finetune(build_config({}, {**settings, "output_dir": str(out)}))
+    finally:
+        torch.set_num_threads(threads)
     return _losses(out)
 
 
