@@ -95,7 +95,6 @@ def test_cpu_runs_ask_for_no_gpus_and_hsdp_replicates_across_nodes(tmp_path):
     ("flags", "message"),
     [
         (["--nodes", "2"], "distributed.strategy is 'single' but the job runs 2 processes"),
-        (["--distributed.strategy", "fsdp"], "on 1 node x 1 process"),
         (["--nodes", "1", "--hsdp"], "--hsdp replicates across nodes"),
         (["--nodes", "0"], "--nodes 0: give at least 1"),
         (

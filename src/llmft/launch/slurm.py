@@ -185,11 +185,6 @@ def job_from_args(args: argparse.Namespace, overrides: list[str]) -> SlurmJob:
             f"distributed.strategy is 'single' but the job runs {world} processes ({nodes} node(s) x {procs}); "
             f"add --distributed.strategy fsdp (or ddp), or --hsdp"
         )
-    if world == 1 and strategy != "single":
-        raise UserError(
-            f"distributed.strategy '{strategy}' on 1 node x 1 process: give --nodes / --gpus-per-node "
-            f"above 1, or use --distributed.strategy single"
-        )
     replicate = config.distributed.fsdp.hsdp_replicate
     if strategy == "fsdp" and world % replicate:
         raise UserError(
