@@ -118,50 +118,82 @@ def test_seed_command_submits_an_hsdp_job_sharded_in_each_node_replicated_across
 PREEMPT_SETTINGS = {**SETTINGS, "train.max_steps": 16, "checkpoint.every_steps": 0}  # 2 epochs of 8 steps
 
 
-def test_usr1_mid_run_saves_requeues_resumes_and_gives_the_uninterrupted_losses(
-    slurm_cluster, tiny_model_dir, tmp_path
-):
-    # The reference is the same 2-node job uninterrupted (a resumed run repeats its own layout's
-    # arithmetic exactly; over 16 steps the 2-rank and 1-rank sums drift apart by ~1e-4). Both jobs
-    # run at once: each takes one CPU of each node.
-    flags = ["--distributed.strategy", "fsdp", *_flags(PREEMPT_SETTINGS)]
-    reference = slurm_cluster.run("sbatch", "--parsable", "--nodes=2", str(SBATCH), *flags, "--output_dir",
-                                  str(tmp_path / "uninterrupted"), cwd=tmp_path)  # fmt: skip
-    assert reference.returncode == 0, reference.stderr
-    out = tmp_path / "preempted-run"
-    result = slurm_cluster.run("llmft", "slurm", "--nodes", "2", "--gpus-per-node", "1", "--distributed.device",
-                               "cpu", *flags, "--output_dir", str(out), "--submit", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    job_id = re.search(r"submitted job (\d+)", result.stdout).group(1)
-
-    # USR1 once training runs (llmft's handler is installed; before it, USR1 is ignored), as Slurm
-    # sends it before the time limit with --signal=B:USR1@S: to the batch script, which forwards it.
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 150
+def _wait_for_training(cluster, folder: Path, job_id: str, out: Path) -> None:
+    """Until the run has logged two steps: llmft's signal handler is installed (before it, the
+    script's USR1 is ignored), and a stop now is mid-run."""
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 150
     while not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
-        assert slurm_cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), _log(tmp_path, job_id)[-3000:]
-        assert time.monotonic() < deadline, "training did not start in 150 s"
+        assert cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), _log(folder, job_id)[-3000:]
+        assert time.monotonic() < deadline, f"job {job_id}: training did not start in 150 s"
         time.sleep(0.2)
-    signal = slurm_cluster.run("scancel", "--signal=USR1", "--batch", job_id)
-    assert signal.returncode == 0, signal.stderr
 
-    # The script requeues the job; it starts again once its old credential expires (the test
-    # cluster's cred_expire, 10 s; Slurm's default is 120 s) and resumes.
-    job = slurm_cluster.wait(job_id, timeout=240)
-    log = _log(tmp_path, job_id)
+
+@pytest.fixture(scope="module")
+def stopped_jobs(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+    """Three 2-node jobs of the same run at once: one uninterrupted (the reference: a resumed run
+    repeats its own layout's arithmetic exactly, while 2 ranks and 1 drift apart by ~1e-4 over 16
+    steps); one that gets USR1 mid-run (the time-limit warning: the script saves and requeues); one
+    that Slurm itself requeues mid-run (as preemption or `scontrol requeue`: SIGTERM to every process)."""
+    folder = tmp_path_factory.mktemp("stopped")
+    flags = ["--distributed.strategy", "fsdp", *_flags(PREEMPT_SETTINGS)]
+    jobs = {}
+    for name in ("uninterrupted", "requeued"):
+        result = slurm_cluster.run("sbatch", "--parsable", "--nodes=2", str(SBATCH), *flags, "--output_dir",
+                                   str(folder / name), cwd=folder)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        jobs[name] = result.stdout.strip()
+    result = slurm_cluster.run("llmft", "slurm", "--nodes", "2", "--gpus-per-node", "1", "--distributed.device",
+                               "cpu", *flags, "--output_dir", str(folder / "usr1"), "--submit", cwd=folder)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    jobs["usr1"] = re.search(r"submitted job (\d+)", result.stdout).group(1)
+
+    _wait_for_training(slurm_cluster, folder, jobs["usr1"], folder / "usr1")
+    # What Slurm does with --signal=B:USR1@S before the time limit: USR1 to the batch script.
+    signal = slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobs["usr1"])
+    assert signal.returncode == 0, signal.stderr
+    _wait_for_training(slurm_cluster, folder, jobs["requeued"], folder / "requeued")
+    requeue = slurm_cluster.run("scontrol", "requeue", jobs["requeued"])
+    assert requeue.returncode == 0, requeue.stderr
+
+    # A requeued job starts again once its old credential expires (the test cluster's cred_expire,
+    # 10 s; Slurm's default is 120 s) and resumes.
+    states = {name: slurm_cluster.wait(job_id, timeout=240) for name, job_id in jobs.items()}
+    return {"folder": folder, "jobs": jobs, "states": states,
+            "expected": _losses(folder / "uninterrupted")}  # fmt: skip
+
+
+def _check_resumed(stopped_jobs: dict, name: str, slurm_cluster) -> tuple[str, str, int]:
+    """The job completed after one restart, resumed from the checkpoint its first run wrote mid-run,
+    and gave the uninterrupted losses; returns the log before and after the restart and the step."""
+    folder, job_id = stopped_jobs["folder"], stopped_jobs["jobs"][name]
+    job, log, out = stopped_jobs["states"][name], _log(folder, job_id), folder / name
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", log[-4000:] + slurm_cluster.ctld_log()
     first, second = log.split(f"job {job_id} restart 1]", 1)
-    assert "USR1: stopping at the end of the current step" in first
-    assert f"requeueing job {job_id}" in first and "llmft finished" not in first
-    stopped_at = re.search(r"llmft stopped \(status \d+\); latest checkpoint: step-0*(\d+)", first)
+    assert "llmft finished" not in first
+    stopped_at = re.search(r"stopped by SIG\w+ after step (\d+); checkpoint (\S+);", first)
     assert stopped_at, first[-3000:]
     step = int(stopped_at.group(1))
-    assert 2 <= step < 16  # saved mid-run, at the step where it stopped
+    assert 2 <= step < 16  # mid-run, at the step where it stopped
+    assert stopped_at.group(2) == str(out / "checkpoints" / f"step-{step:06d}")
     assert f"latest checkpoint: step-{step:06d}" in second.splitlines()[0]
     assert f"resuming from {out / 'checkpoints' / f'step-{step:06d}'} at step {step} of 16" in second
     assert "llmft finished" in second and second.count("Done: 16 steps") == 1
+    expected = stopped_jobs["expected"]
+    assert stopped_jobs["states"]["uninterrupted"]["Restarts"] == "0" and len(expected) == 16
+    assert _losses(out) == pytest.approx(expected, abs=TOLERANCE, rel=0)
+    return first, second, step
 
-    reference_job = slurm_cluster.wait(reference.stdout.strip(), timeout=60)
-    assert reference_job["JobState"] == "COMPLETED" and reference_job["Restarts"] == "0"
-    expected = _losses(tmp_path / "uninterrupted")
-    assert len(expected) == 16 and _losses(out) == pytest.approx(expected, abs=TOLERANCE, rel=0)
+
+def test_usr1_mid_run_saves_requeues_resumes_and_gives_the_uninterrupted_losses(stopped_jobs, slurm_cluster):
+    first, _, step = _check_resumed(stopped_jobs, "usr1", slurm_cluster)
+    assert "USR1: stopping at the end of the current step" in first
+    assert "stopped by SIGUSR1" in first and f"latest checkpoint: step-{step:06d}" in first
+    assert f"requeueing job {stopped_jobs['jobs']['usr1']}" in first
+
+
+def test_a_job_slurm_requeues_mid_run_saves_on_sigterm_and_resumes_with_the_uninterrupted_losses(
+    stopped_jobs, slurm_cluster
+):
+    first, _, _ = _check_resumed(stopped_jobs, "requeued", slurm_cluster)
+    assert "TERM: cancelled or preempted" in first and "stopped by SIGTERM" in first
+    assert "llmft stopped by TERM" in first and "requeueing job" not in first  # Slurm requeued it
