@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from llmft.checkpoint.export import add_parser as add_export_parser  # no torch import
 
     export = add_export_parser(sub)
+    from llmft.launch.slurm import add_parser as add_slurm_parser  # no torch import
+
+    slurm = add_slurm_parser(sub)
     parser.commands = {
         "finetune": finetune,
         "validate": validate,
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict": predict,
         "estimate": estimate,
         "export": export,
+        "slurm": slurm,
     }
     return parser
 
@@ -208,6 +212,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         from llmft.memory.command import run as run_estimate
 
         return run_estimate(args)
+    if args.command == "slurm":  # its own flags; the rest are the run's config overrides
+        _check_flag_typos(parser.commands["slurm"], extra)
+        from llmft.launch.slurm import run as run_slurm
+
+        return run_slurm(args, extra)
     _check_flag_typos(parser.commands[args.command], extra)
     config_path = args.config
     if args.command == "validate" and config_path is None:
