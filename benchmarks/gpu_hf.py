@@ -27,6 +27,7 @@ def main(model_dir: str, data: str, rows: int, steps: int, warmup: int, work: st
         TrainingArguments,
     )
 
+    from benchmarks.tools import grouping_args
     from benchmarks.workload import tokenize_records
 
     tokens = tokenize_records(Path(data), Path(model_dir), max_seq_len=2048)
@@ -65,7 +66,7 @@ def main(model_dir: str, data: str, rows: int, steps: int, warmup: int, work: st
         args=TrainingArguments(
             output_dir=str(Path(work) / "hf-trainer"), per_device_train_batch_size=batch, max_steps=steps,
             learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.05, bf16=True, use_cpu=not cuda,
-            optim="adamw_torch_fused", train_sampling_strategy="group_by_length", logging_steps=1,
+            optim="adamw_torch_fused", **grouping_args(), logging_steps=1,
             save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         ),
         train_dataset=dataset,

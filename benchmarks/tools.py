@@ -150,6 +150,15 @@ def _common_args(spec: dict[str, Any], batch: int) -> dict[str, Any]:
     return args
 
 
+def grouping_args() -> dict[str, Any]:
+    """HF's length grouping: ``train_sampling_strategy`` in newer transformers 5, else ``group_by_length``."""
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
 def _losses(trainer) -> list[float]:
     return [row["loss"] for row in trainer.state.log_history if "loss" in row]
 
@@ -173,7 +182,7 @@ def run_hf(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
         model = get_peft_model(model, _lora_config(hp))
     args = _common_args(spec, hp["seq_batch"])
     if grouped:
-        args["train_sampling_strategy"] = "group_by_length"
+        args |= grouping_args()
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**args),
