@@ -105,17 +105,20 @@ def run_tool(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.tools", str(spec_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True)  # fmt: skip
     wall = time.perf_counter() - started
+    # The machine may be shared: the 1-minute load average around each run says how much it was.
+    load = {"load_1m_before": load_before, "load_1m_after": os.getloadavg()[0]}
     (workdir / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit {proc.returncode}", "wall_s": wall}
+        return {"error": " | ".join(tail) or f"exit {proc.returncode}", "wall_s": wall, **load}
     result = json.loads(Path(spec["result_path"]).read_text())
     result["wall_s"] = wall
-    return result
+    return {**result, **load}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

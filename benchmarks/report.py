@@ -32,15 +32,15 @@ def _rows(doc: dict[str, Any]) -> list[list[str]]:
     for row in doc["runs"].values():
         name = f"{NAMES.get(row['tool'], row['tool'])}, {row['method']}"
         if "error" in row:
-            table.append([name, "failed: " + row["error"][:80], *[""] * 9])
+            table.append([name, "failed: " + row["error"][:80], *[""] * (len(HEADER) - 2)])
             continue
         ratio = ""
         if row["tool"] != "llmft":
             vs = doc["comparisons"].get(row["method"], {}).get("vs", {}).get(row["tool"])
             if vs:
-                speed = vs["tokens_per_s_ratio"]
-                ratio = f"{speed:.2f}x" + (" (llmft slower)" if speed < 1 else "")
-                ratio += f" / mem {vs['peak_rss_ratio']:.2f}"
+                speed, memory = vs["tokens_per_s_ratio"], vs["peak_rss_ratio"]
+                ratio = f"{speed:.2f}x" + (" (**llmft slower**)" if speed < 1 else "")
+                ratio += f" / {memory:.2f}x" + (" (**llmft more**)" if memory > 1 else "")
         table.append(
             [
                 name,
@@ -53,6 +53,9 @@ def _rows(doc: dict[str, Any]) -> list[list[str]]:
                 f"{row['train_subset_loss']:.3f}",
                 f"{row['eval_loss']:.3f}",
                 f"{100 * row['cpu_mfu']:.1f}% ({row['precision']})",
+                f"{row['load_1m_before']:.1f} / {row['load_1m_after']:.1f}"
+                if "load_1m_before" in row
+                else "-",
                 ratio,
             ]
         )
@@ -70,7 +73,8 @@ HEADER = [
     "train loss*",
     "eval loss*",
     "CPU MFU",
-    "llmft / this: tok/s, mem",
+    "load before / after",
+    "llmft / this: tok/s, peak RSS",
 ]
 
 
@@ -125,6 +129,18 @@ def markdown(doc: dict[str, Any], results_path: Path | str) -> str:
             f"{100 * vs['eval_loss_rel_diff']:+.1f}% (target within 3%), peak memory "
             f"{vs['peak_rss_ratio']:.2f}x (target at most 1x): target **{verdict}**."
         )
+    for method, comparison in doc["comparisons"].items():
+        for peer, vs in comparison["vs"].items():
+            if vs["tokens_per_s_ratio"] < 1 or vs["peak_rss_ratio"] > 1:
+                worse = []
+                if vs["tokens_per_s_ratio"] < 1:
+                    worse.append(f"llmft reaches {vs['tokens_per_s_ratio']:.2f}x its real tokens/s")
+                if vs["peak_rss_ratio"] > 1:
+                    worse.append(f"llmft's peak memory is {vs['peak_rss_ratio']:.2f}x its")
+                lines.append(
+                    f"- **{method}**: {NAMES[peer]} is ahead of llmft here: {' and '.join(worse)} "
+                    f"(see the notes for why)."
+                )
     lines += [
         "",
         f"Reproduce: `{doc['command']}` (harness {doc['harness_wall_s'] / 60:.1f} min). "
@@ -144,3 +160,21 @@ def update_markdown(path: Path, doc: dict[str, Any], results_path: Path | str) -
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.report RESULTS.json [BENCHMARKS.md]``: redraw the table of a results file."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("markdown", type=Path, nargs="?", default=Path("BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    doc = json.loads(args.results.read_text(encoding="utf-8"))
+    print(console_table(doc))
+    update_markdown(args.markdown, doc, args.results)
+
+
+if __name__ == "__main__":
+    main()

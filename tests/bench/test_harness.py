@@ -46,6 +46,7 @@ def test_results_file_has_every_run_scored_and_the_ratios(bench_run):
         assert row["steps"] == 1
         assert math.isfinite(row["eval_loss"]) and math.isfinite(row["train_subset_loss"])
         assert row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0
+        assert row["load_1m_before"] >= 0 and row["load_1m_after"] >= 0
         # The same numerator (real tokens, FLOPs) for every tool: the rates differ only by time.
         assert row["real_tokens_per_s"] * row["train_s"] == pytest.approx(
             doc["workload"]["train_real_tokens"]
