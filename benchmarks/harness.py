@@ -42,8 +42,8 @@ PEERS = ("hf", "hf_grouped", "trl")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=400, help="training records (one epoch); default 400")
-    parser.add_argument("--eval-samples", type=int, default=64, help="held-out records for the eval loss")
+    parser.add_argument("--samples", type=int, default=160, help="training records (one epoch); default 160")
+    parser.add_argument("--eval-samples", type=int, default=48, help="held-out records for the eval loss")
     parser.add_argument("--seq-batch", type=int, default=8, help="sequences per step of the padded tools")
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
     parser.add_argument("--methods", default="lora,full", help="comma list of lora, full")
@@ -82,7 +82,8 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    flags = {name: bool(getattr(torch.backends.cpu, f"_is_{name}_supported", lambda: False)())
+    # torch's own probes, as llmft's train.precision auto uses them (llmft.train.optim.cpu_has_fast_bf16).
+    flags = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
              for name in ("avx512_bf16", "amx_tile")}  # fmt: skip
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {

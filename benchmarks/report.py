@@ -12,8 +12,8 @@ from typing import Any
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NAMES = {
     "llmft": "llmft (packing)",
-    "hf": "HF Trainer + PEFT (random)",
-    "hf_grouped": "HF Trainer + PEFT (group_by_length)",
+    "hf": "HF Trainer (random)",
+    "hf_grouped": "HF Trainer (group_by_length)",
     "trl": "TRL SFTTrainer (packing)",
 }
 
@@ -112,6 +112,7 @@ def markdown(doc: dict[str, Any], results_path: Path | str) -> str:
         "|" + "---|" * len(HEADER),
         *("| " + " | ".join(r) + " |" for r in _rows(doc)),
         "",
+        "HF Trainer rows use PEFT's LoRA for lora and the plain model for full. "
         "\\* scored by the harness's one scorer (fp32, loss per target token) on the saved model or adapter; "
         "the train loss on the first held-in records, the eval loss on the held-out ones. "
         '"own final loss": the tool\'s own logged loss, mean of the last tenth of its steps.',

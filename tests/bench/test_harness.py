@@ -75,7 +75,7 @@ def test_markdown_section_is_replaced_in_place(bench_run):
         < text.index(report.END)
         < text.index("notes below")
     )
-    assert "| llmft (packing), lora |" in text and "HF Trainer + PEFT (random), lora" in text
+    assert "| llmft (packing), lora |" in text and "HF Trainer (random), lora" in text
 
 
 def test_scorer_is_the_token_weighted_mean_loss(bench_run):
