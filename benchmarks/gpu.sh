@@ -15,7 +15,9 @@
 # bitsandbytes. Carry them as wheels (built here, where pip reaches PyPI):
 #   bash benchmarks/gpu_wheels.sh            # writes .whl/ (ignored by git)
 # and in the device call name `.whl` in `carry`; this script installs them into /tmp/site first.
-# Environment: SHAPES (comma list: 1b,8b,tiny), STEPS (default 20), WARMUP (3), WORKDIR, RESULTS.
+# Environment: SHAPES (comma list: 1b,8b,tiny), STEPS (default 20), WARMUP (3), WORKDIR, RESULTS,
+# PYTHON (default .venv/bin/python, else python3), USE_WHEELS=0 to ignore .whl/ (e.g. a CPU dry run here:
+# the wheels are built for the GPU image's Python 3.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +28,7 @@ WORKDIR=${WORKDIR:-/tmp/llmft-gpu-bench}
 PY=${PYTHON:-python3}
 if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then PY=.venv/bin/python; fi
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ "${USE_WHEELS:-1}" = 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
