@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     from llmft.memory.command import add_parser as add_estimate_parser  # no torch import
 
     estimate = add_estimate_parser(sub)
+    from llmft.evaluation.command import add_parsers as add_evaluation_parsers  # no torch import
+
+    evaluation = add_evaluation_parsers(sub)  # generate, eval
     parser.commands = {
+        **evaluation,
         "finetune": finetune,
         "validate": validate,
         "data": data,
@@ -185,6 +189,13 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "predict":
         return _predict(args, extra)
+    if args.command in ("generate", "eval"):  # flags of their own; eval reads the run's config
+        _setup_logging()
+        from llmft.evaluation import command
+
+        return (
+            command.run_generate(args, extra) if args.command == "generate" else command.run_eval(args, extra)
+        )
     if args.command == "estimate":  # flags of its own, no config
         if extra:
             raise UserError(f"estimate: unknown flag '{extra[0]}' (see llmft estimate --help)")
