@@ -310,14 +310,14 @@ class EvalSection(_Section):
         "GLEU; alpaca, chat: ROUGE-L; classification as text: exact match); plain-text formats have none.",
     )
     max_generations: Int = Field(
-        16, ge=0, description="Validation prompts answered per evaluation (the first N, in file order)."
+        8, ge=0, description="Validation prompts answered per evaluation (the first N, in file order)."
     )
     log_samples: Int = Field(
         3,
         ge=0,
         description="Of those, how many (prompt, completion, reference) go to metrics and TensorBoard.",
     )
-    max_new_tokens: Int = Field(64, ge=1, description="Tokens generated per answer at most.")
+    max_new_tokens: Int = Field(48, ge=1, description="Tokens generated per answer at most.")
 
 
 class LoggingSection(_Section):

@@ -72,7 +72,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, argparse.ArgumentP
     ev.add_argument("--max-generations", type=int, default=None, metavar="N",
                     help="answer only the first N prompts (default: all)")  # fmt: skip
     ev.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                    help="default: the run's eval.max_new_tokens (64)")  # fmt: skip
+                    help="default: the run's eval.max_new_tokens (48)")  # fmt: skip
     ev.add_argument("--no-generate", action="store_true", help="loss and perplexity only")
     _device_flags(ev)
     return {"generate": gen, "eval": ev}

@@ -7,6 +7,7 @@ Used by the trainer at each evaluation (:class:`GenerationEval`, an eval hook) a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import torch
@@ -93,6 +94,7 @@ class GenerationEval:
     def __call__(self, step: int) -> dict:
         if not self.env.is_main and not self.synced_gpus:
             return {}
+        started = time.perf_counter()
         metrics, generations = answer_and_score(
             unwrap(self.model),
             self.tokenizer,
@@ -103,12 +105,18 @@ class GenerationEval:
             self.compute_dtype,
             self.synced_gpus,
         )
-        row: dict = dict(metrics)
+        row: dict = {**metrics, "eval_generate_s": time.perf_counter() - started}
         if self.cfg.log_samples:
             row["eval_samples"] = generations[: self.cfg.log_samples]
         if self.env.is_main:
             values = ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items())
-            log.info("step %d: %s on %d generated answers", step, values, len(generations))
+            log.info(
+                "step %d: %s on %d generated answers (%.1fs)",
+                step,
+                values,
+                len(generations),
+                row["eval_generate_s"],
+            )
         return row
 
 
