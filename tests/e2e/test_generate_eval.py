@@ -200,6 +200,8 @@ def test_bad_input_is_one_line(alpaca_run, tmp_path, capsys):
     assert "--model.name cannot change" in _fails(
         capsys, "eval", "--run", str(alpaca_run), "--model.name", "x"
     )
+    typo = _fails(capsys, "eval", "--run", str(alpaca_run), "--max-generation", "2")
+    assert "unknown flag '--max-generation'" in typo
     # A classifier run labels texts; generate says so (checked before any model is loaded).
     classifier = tmp_path / "classifier"
     classifier.mkdir()

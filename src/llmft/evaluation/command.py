@@ -195,6 +195,8 @@ def run_generate(args: argparse.Namespace, extra: list[str]) -> int:
 def _eval_overrides(extra: list[str]) -> dict:
     overrides = parse_overrides(extra)
     for key in overrides:
+        if "." not in key:
+            raise UserError(f"eval: unknown flag '--{key}' (see llmft eval --help)")
         if not any(key == prefix or key.startswith(prefix) for prefix in _EVAL_OVERRIDABLE):
             raise UserError(
                 f"eval: --{key} cannot change - the run's model and training are what is scored; override "
