@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in output_dir (it is deleted)"
     )
+    finetune.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="continue from a checkpoint: auto (the latest in output_dir; a fresh start if none) or a "
+        "checkpoint or run folder",
+    )
     validate = _config_parser(
         sub, "validate", "Check a config (llmft validate CONFIG [overrides], or --config) without running it."
     )
@@ -112,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     from llmft.memory.command import add_parser as add_estimate_parser  # no torch import
 
     estimate = add_estimate_parser(sub)
+    from llmft.checkpoint.export import add_parser as add_export_parser  # no torch import
+
+    export = add_export_parser(sub)
+    from llmft.launch.slurm import add_parser as add_slurm_parser  # no torch import
+
+    slurm = add_slurm_parser(sub)
     from llmft.evaluation.command import add_parsers as add_evaluation_parsers  # no torch import
 
     evaluation = add_evaluation_parsers(sub)  # generate, eval
@@ -122,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "data": data,
         "predict": predict,
         "estimate": estimate,
+        "export": export,
+        "slurm": slurm,
     }
     return parser
 
@@ -189,6 +203,13 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "predict":
         return _predict(args, extra)
+    if args.command == "export":
+        if extra:
+            raise UserError(f"export: unknown argument '{extra[0]}' (see llmft export --help)")
+        _setup_logging()
+        from llmft.checkpoint.export import run as run_export
+
+        return run_export(args)
     if args.command in ("generate", "eval"):  # flags of their own; eval reads the run's config
         _setup_logging()
         from llmft.evaluation import command
@@ -202,6 +223,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         from llmft.memory.command import run as run_estimate
 
         return run_estimate(args)
+    if args.command == "slurm":  # its own flags; the rest are the run's config overrides
+        _check_flag_typos(parser.commands["slurm"], extra)
+        from llmft.launch.slurm import run as run_slurm
+
+        return run_slurm(args, extra)
     _check_flag_typos(parser.commands[args.command], extra)
     config_path = args.config
     if args.command == "validate" and config_path is None:
@@ -229,8 +255,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         return 0
     _setup_logging()
     from llmft.finetune import finetune  # heavy imports (torch, transformers) only when training
+    from llmft.train.trainer import EXIT_PREEMPTED, Preempted
 
-    result = finetune(config, overwrite=args.overwrite)
+    try:
+        result = finetune(config, overwrite=args.overwrite, resume=args.resume)
+    except Preempted as stop:
+        if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process
+            print(
+                f"llmft: {stop}; continue with --resume auto (exit status {EXIT_PREEMPTED})", file=sys.stderr
+            )
+        return EXIT_PREEMPTED
     if result.is_main:  # one report per run, not one per process
         print(result.report())
     return 0

@@ -16,6 +16,7 @@ from llmft.config.loader import (
 )
 from llmft.config.schema import (
     LLAMA_LINEAR_MODULES,
+    CheckpointSection,
     Config,
     DataSection,
     DistributedSection,
@@ -42,6 +43,7 @@ __all__ = [
     "FreezeSection",
     "FsdpSection",
     "HeadSection",
+    "CheckpointSection",
     "GenerationSection",
     "LoggingSection",
     "LoraSection",
