@@ -124,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     from llmft.launch.slurm import add_parser as add_slurm_parser  # no torch import
 
     slurm = add_slurm_parser(sub)
+    from llmft.evaluation.command import add_parsers as add_evaluation_parsers  # no torch import
+
+    evaluation = add_evaluation_parsers(sub)  # generate, eval
     parser.commands = {
+        **evaluation,
         "finetune": finetune,
         "validate": validate,
         "data": data,
@@ -206,6 +210,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         from llmft.checkpoint.export import run as run_export
 
         return run_export(args)
+    if args.command in ("generate", "eval"):  # flags of their own; eval reads the run's config
+        _setup_logging()
+        from llmft.evaluation import command
+
+        return (
+            command.run_generate(args, extra) if args.command == "generate" else command.run_eval(args, extra)
+        )
     if args.command == "estimate":  # flags of its own, no config
         if extra:
             raise UserError(f"estimate: unknown flag '{extra[0]}' (see llmft estimate --help)")

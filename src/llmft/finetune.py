@@ -43,6 +43,7 @@ from llmft.data.pipeline import prepare_data
 from llmft.distributed.env import DistEnv, check_launch, setup_distributed, teardown_distributed
 from llmft.distributed.parallelize import apply_ddp, full_state_dict, unwrap
 from llmft.errors import UserError
+from llmft.evaluation.generations import generation_eval_hook
 from llmft.inference.generate import generate_text
 from llmft.inference.predict import classify
 from llmft.memory import run as memory_run
@@ -273,6 +274,10 @@ def _finetune(
         precision,
         env.device,
     )
+    # Task metrics of generated answers at each evaluation (alpaca, grammar, chat; see llmft.evaluation).
+    eval_hook = generation_eval_hook(model, tokenizer, data, cfg.eval, env, compute_dtype, cfg.task)
+    if eval_hook is not None:
+        trainer.eval_hooks.append(eval_hook)
     # The planner's estimate of this very run (compared with the measured peak at the end).
     planned, trainer.observer = memory_run.start(cfg, skeleton.config, env, compute_dtype)
     done = None

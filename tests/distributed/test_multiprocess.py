@@ -261,11 +261,18 @@ def test_ddp_gives_the_single_process_run(tmp_path_factory, request, method, set
 def test_packed_alpaca_under_fsdp_gives_the_single_process_run(tmp_path_factory):
     # Packed rows (position ids, no 2-D mask) sharded over ranks by the resumable sampler.
     packed = {**COMMON, **LORA, "train.max_steps": 3, "data.format": "alpaca", "data.batching": "packing",
-              "data.max_seq_len": 512, "data.max_samples": 64}  # fmt: skip
+              "data.max_seq_len": 512, "data.max_samples": 64,
+              "eval.max_generations": 2, "eval.max_new_tokens": 6}  # fmt: skip
     single = _single(tmp_path_factory, "packed", packed)
     out, _ = _launch(tmp_path_factory, "fsdp-packed", 2, {**packed, "distributed.strategy": "fsdp"})
     assert _losses(out) == pytest.approx(_losses(single), abs=TOLERANCE, rel=0)
     assert [r["real_tokens"] for r in _train_rows(out)] == [r["real_tokens"] for r in _train_rows(single)]
+    # The eval hook generated on the sharded model (both ranks in every forward, synced_gpus): the same
+    # greedy answers and task metric as the one process; rank 0 alone logged them.
+    ours, theirs = ([r for r in _rows(o) if "eval_loss" in r] for o in (out, single))
+    assert len(ours) == len(theirs) == 1
+    assert ours[0]["eval_samples"] == theirs[0]["eval_samples"] and len(ours[0]["eval_samples"]) == 2
+    assert ours[0]["eval_rougeL"] == pytest.approx(theirs[0]["eval_rougeL"], abs=1e-9)
 
 
 FREEZE_CASES = {

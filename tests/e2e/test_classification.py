@@ -103,3 +103,17 @@ def test_predict_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and "holds no classifier.json" in result.stderr
     result = run_cli("predict", str(tmp_path))
     assert result.returncode == 2 and "give texts with --text" in result.stderr
+
+
+def test_eval_of_a_classifier_run_gives_its_own_metrics(head_run, tmp_path):
+    # `llmft eval` loads the saved classifier and scores the run's validation split with the trainer's
+    # evaluation function: the run's final loss, accuracy and macro-F1.
+    out = tmp_path / "eval.json"
+    result = run_cli("eval", "--run", str(head_run), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    summary = json.loads((head_run / "summary.json").read_text())
+    assert metrics["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-6)
+    assert metrics["eval_accuracy"] == summary["eval_accuracy"]
+    assert metrics["eval_macro_f1"] == pytest.approx(summary["eval_macro_f1"])
+    assert "eval_accuracy" in result.stdout

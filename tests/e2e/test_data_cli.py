@@ -84,7 +84,7 @@ def test_fine_tune_shim_takes_alpaca_lora_flags(tmp_path, tiny_model_dir):
         "--cutoff_len", "128", "--val_set_size", "16",
         "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.05", "--lora_target_modules", "[q_proj,v_proj]",
         "--train_on_inputs", "--group_by_length",
-        "--generation.max_new_tokens", "4", "--data.max_samples", "64",  # an llmft flag: a short epoch
+        "--generation.max_new_tokens", "4", "--eval.max_new_tokens", "4", "--data.max_samples", "64",  # an llmft flag: a short epoch
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((out / "adapter_config.json").read_text())

@@ -25,7 +25,7 @@ def test_recipe_trains(recipe, tmp_path):
     result = run_cli(
         "finetune", "--config", str(recipe), "--output_dir", str(out),
         "--train.max_steps", "2", "--train.eval_every", "0", "--train.precision", "fp32",
-        "--data.max_samples", "24", "--generation.max_new_tokens", "4",
+        "--data.max_samples", "24", "--generation.max_new_tokens", "4", "--eval.max_new_tokens", "4",
         "--train.micro_batch_size", "2", "--train.batch_size", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

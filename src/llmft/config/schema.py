@@ -315,6 +315,25 @@ class GenerationSection(_Section):
     top_p: Float = Field(0.95, gt=0, le=1)
 
 
+class EvalSection(_Section):
+    """Generation-based evaluation during training (every train.eval_every steps and at the end)."""
+
+    task_metrics: bool = Field(
+        True,
+        description="Generate greedy answers to validation prompts and score them (grammar: exact match, "
+        "GLEU; alpaca, chat: ROUGE-L; classification as text: exact match); plain-text formats have none.",
+    )
+    max_generations: Int = Field(
+        8, ge=0, description="Validation prompts answered per evaluation (the first N, in file order)."
+    )
+    log_samples: Int = Field(
+        3,
+        ge=0,
+        description="Of those, how many (prompt, completion, reference) go to metrics and TensorBoard.",
+    )
+    max_new_tokens: Int = Field(48, ge=1, description="Tokens generated per answer at most.")
+
+
 class LoggingSection(_Section):
     """Where metrics go besides metrics.jsonl."""
 
@@ -427,6 +446,7 @@ class Config(_Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     task: Literal["causal_lm", "classification"] = Field(
         "causal_lm",

@@ -17,6 +17,7 @@ from llmft.data.formats import DataFormat, RowContext, Segment, get_format, text
 from llmft.data.sources import bundled_sample, load_records
 from llmft.data.tokenize import IGNORE_INDEX, SpecialIds, TokenizedExample, tokenize_segments
 from llmft.errors import UserError
+from llmft.inference.prompts import split_example
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class DataBundle:
     # Validation records with several acceptable outputs (grammar): (prompt text, references).
     references: list[tuple[str, list[str]]] = field(default_factory=list)
     label_names: list[str] = field(default_factory=list)  # classification: the classes, sorted
+    # Every validation record that completes a prompt (task causal_lm; not plain text): (the prompt as
+    # trained, its acceptable answers) - what generation-based evaluation scores.
+    val_prompts: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 def _val_count(setting: int | float, total: int) -> int:
@@ -111,7 +115,11 @@ def resolve_source(cfg: DataSection, fmt: DataFormat) -> str:
 
 
 def prepare_data(
-    cfg: DataSection, tokenizer: PreTrainedTokenizerBase, seed: int, task: str = "causal_lm"
+    cfg: DataSection,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    task: str = "causal_lm",
+    hold_out_all: bool = False,
 ) -> DataBundle:
     """Read, render, tokenize, split and (with ``batching: packing``) pack the records of a run.
 
@@ -119,7 +127,8 @@ def prepare_data(
     row and field named. The validation split is drawn per record, before a record is expanded into
     several examples, so no sentence is on both sides. For ``task: classification`` an example is the
     record's text alone (no label text, no EOS) with its class index; classes are the sorted label names
-    (numerically sorted when all are integers), kept with the model.
+    (numerically sorted when all are integers), kept with the model. ``hold_out_all`` makes every
+    record a validation record (``llmft eval`` on a data set of its own).
     """
     if not getattr(tokenizer, "is_fast", False):
         # The label mask needs character offsets, which only the fast (Rust) tokenizers give.
@@ -139,7 +148,7 @@ def prepare_data(
 
     # A seeded permutation picks the validation records; the rest keep their file order (the sampler
     # shuffles them per epoch).
-    n_val = _val_count(cfg.val_set_size, len(records))
+    n_val = len(records) if hold_out_all else _val_count(cfg.val_set_size, len(records))
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     held_out = set(order[:n_val])
 
@@ -148,6 +157,7 @@ def prepare_data(
     train: list[TokenizedExample] = []
     val: list[TokenizedExample] = []
     references: list[tuple[str, list[str]]] = []
+    val_prompts: list[tuple[str, list[str]]] = []
     labels: set[str] = set()
     for row, record in enumerate(records, start=1):
         where = RowContext(path, row)
@@ -158,6 +168,9 @@ def prepare_data(
             refs = fmt.references(record, where)
             if refs is not None:
                 references.append(("".join(s.text for s in examples[0][:-1]), refs))  # all but the response
+            parts = split_example(examples[0]) if task == "causal_lm" else None
+            if parts is not None:
+                val_prompts.append((parts[0], refs if refs is not None else [parts[1]]))
         label = fmt.label_of(record, where)
         if label is not None:
             labels.add(label)
@@ -224,6 +237,7 @@ def prepare_data(
         train_examples=train,
         references=references,
         label_names=names if task == "classification" else sorted(labels),
+        val_prompts=val_prompts,
     )
 
 

@@ -87,6 +87,8 @@ class MetricsLogger:
                     continue
                 tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
                 self._writer.add_scalar(tag, value, step)
+            if row.get("eval_samples"):
+                self._writer.add_text("eval/samples", samples_markdown(row["eval_samples"]), step)
         if self._wandb is not None:
             self._wandb.log(
                 {
@@ -108,6 +110,18 @@ class MetricsLogger:
             self._writer.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def samples_markdown(samples: list[dict[str, Any]]) -> str:
+    """Sample generations as Markdown for TensorBoard's text tab (code blocks keep the prompt's lines)."""
+    parts = []
+    for i, sample in enumerate(samples, start=1):
+        references = "\n".join(sample.get("references") or [])
+        parts.append(
+            f"**sample {i}**\n\nprompt:\n\n```\n{sample['prompt']}\n```\n\ncompletion:\n\n"
+            f"```\n{sample['completion']}\n```\n\nreference:\n\n```\n{references}\n```"
+        )
+    return "\n\n".join(parts)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -91,6 +91,42 @@ class TrainSummary:
         return sum(chunk) / len(chunk) if chunk else float("nan")
 
 
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module, loader, device: torch.device, compute_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Loss per target over every batch of ``loader``, and its perplexity (causal LM) or its accuracy
+    and macro-F1 (classification). The trainer's evaluation and ``llmft eval`` both run this, so their
+    numbers agree."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device)
+    targets = 0
+    predicted, expected = [], []
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(
+            device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None
+        ):
+            logits = model(**Trainer.model_inputs(batch), use_cache=False).logits
+        if "class_labels" in batch:
+            total += class_loss_sum(logits, batch["class_labels"])
+            predicted.append(logits.argmax(-1).cpu())
+            expected.append(batch["class_labels"].cpu())
+        else:
+            total += token_loss_sum(logits, batch["labels"])
+        targets += Trainer.targets(batch)
+    model.train(was_training)
+    loss = float(total) / max(targets, 1)
+    if predicted:
+        num_classes = int(logits.shape[-1])
+        return {
+            "eval_loss": loss,
+            **classification_metrics(torch.cat(predicted), torch.cat(expected), num_classes),
+        }
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+
 def accumulation_steps(cfg: TrainSection, world_size: int) -> int:
     """Micro-batches per process per optimizer step: batch_size / (micro_batch_size x world size)."""
     problem = batch_problem(cfg.batch_size, cfg.micro_batch_size, world_size)
@@ -158,6 +194,8 @@ class Trainer:
         self.micro_batches_done = 0
         self.evaluated_at = -1
         self.observer: Observer | None = None  # adds FLOPs, MFU and peak memory to the rows
+        # Called with the step at every evaluation, on every rank; their entries join the eval row.
+        self.eval_hooks: list[Callable[[int], dict]] = []
         # Step checkpoints: ``checkpoint_hook(reason, summary)`` writes one (all ranks call it together)
         # and returns its folder; None: no checkpoints. When: every ``checkpoint_every`` steps, at the
         # end of each epoch, at the end of the run, and when a stop signal arrives.
@@ -349,36 +387,12 @@ class Trainer:
             self.epoch += 1
             self.micro_batches_done = 0
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss per target over the whole validation split, and its perplexity (causal LM) or its
-        accuracy and macro-F1 (classification)."""
+        accuracy and macro-F1 (classification); see :func:`evaluate_split`."""
         if self.val_loader is None:
             return {}
-        was_training = self.model.training
-        self.model.eval()
-        total = torch.zeros((), device=self.env.device)
-        targets = 0
-        predicted, expected = [], []
-        for batch in self.val_loader:
-            batch = self._to_device(batch)
-            logits = self._logits(batch)
-            if "class_labels" in batch:
-                total += class_loss_sum(logits, batch["class_labels"])
-                predicted.append(logits.argmax(-1).cpu())
-                expected.append(batch["class_labels"].cpu())
-            else:
-                total += token_loss_sum(logits, batch["labels"])
-            targets += self.targets(batch)
-        self.model.train(was_training)
-        loss = float(total) / max(targets, 1)
-        if predicted:
-            num_classes = int(logits.shape[-1])
-            return {
-                "eval_loss": loss,
-                **classification_metrics(torch.cat(predicted), torch.cat(expected), num_classes),
-            }
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        return evaluate_split(self.model, self.val_loader, self.env.device, self.compute_dtype)
 
     def fit(self, summary: TrainSummary | None = None) -> TrainSummary:
         """Train for ``total_steps`` optimizer steps, evaluating every ``eval_every`` and at the end.
@@ -497,6 +511,8 @@ class Trainer:
 
     def _eval_and_log(self, step: int, summary: TrainSummary) -> float:
         row = self.evaluate()
+        for hook in self.eval_hooks:  # e.g. generation-based task metrics; every rank calls each hook
+            row.update(hook(step))
         summary.eval_metrics = row
         self._log({"step": step, **row})
         if "eval_accuracy" in row:
