@@ -83,6 +83,8 @@ def load_sharded(
         RuntimeError: if a weight or buffer name differs between checkpoint and model, or anything is
             left on the meta device (a bug, not a user error).
     """
+    if model_cfg.quantization == "4bit":
+        return _load_sharded_nf4(source, model_cfg, prepare, fsdp_cfg, env, classifier)
     model = prepare(model_skeleton(source, model_cfg, classifier))
     apply_fsdp(model, fsdp_cfg, env.mesh)
     # Real (uninitialised) storage for this rank's shards: the full tensors never exist here.
@@ -134,5 +136,41 @@ def load_sharded(
         "loaded on rank 0, sharded over %d processes; peak host memory at load: %s",
         env.world_size,
         ", ".join(f"rank {rank} {mib:,} MiB" for rank, mib in enumerate(peaks)),
+    )
+    return model
+
+
+def _load_sharded_nf4(
+    source: ModelSource,
+    model_cfg: ModelSection,
+    prepare: Callable[[nn.Module], nn.Module],
+    fsdp_cfg: FsdpSection,
+    env: DistEnv,
+    classifier=None,
+) -> nn.Module:
+    """A 4-bit base under FSDP: every rank loads the model on its CPU, quantizes the decoder blocks'
+    linear weights to torchao NF4 (deterministic, so every rank gets the same codes), applies the
+    transforms with the run's seed, and ``fully_shard`` keeps 1/world of the codes and scales on the
+    device. Not the rank-0 broadcast of full weights above: ``set_model_state_dict`` would send
+    full-precision tensors into NF4 shards, which ``NF4Tensor.copy_`` does not quantize for a DTensor
+    shard. The price is host memory: each rank holds one full-precision copy on the CPU while loading.
+    """
+    from llmft.models.quantize import quantize_nf4_, quantized_base_bytes
+
+    model = load_causal_lm(source, model_cfg, torch.device("cpu"), classifier, quantize=False)
+    shards = env.mesh.size(env.mesh.ndim - 1) if env.mesh is not None else env.world_size
+    quantize_nf4_(hf_model(model), shards)
+    model = prepare(model)
+    apply_fsdp(model, fsdp_cfg, env.mesh)  # moves each rank's shards to its device
+    nbytes, params = quantized_base_bytes(model)
+    shares = [None] * env.world_size
+    dist.all_gather_object(shares, nbytes)
+    log.info(
+        "4-bit base as torchao NF4, sharded over %d processes: %s of the quantized weights per rank "
+        "(%.3f bytes per local parameter); peak host memory at load %s MiB",
+        env.world_size,
+        ", ".join(f"{b / 2**20:.2f} MiB" for b in shares),
+        nbytes / max(params, 1),
+        f"{round(_peak_host_mib()):,}",
     )
     return model

@@ -82,6 +82,11 @@ def apply_fsdp(model: nn.Module, cfg: FsdpSection, mesh) -> nn.Module:
     blocks = decoder_blocks(model)
     for block in blocks:
         fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, **options)
+    # Prompt tuning and prefix tuning keep their trained embeddings in the PeftModel, outside the
+    # transformers model: each gets a unit of its own, or its gradients would never be reduced.
+    prompt_encoders = getattr(unwrap(model), "prompt_encoder", None) or {}
+    for encoder in prompt_encoders.values():
+        fully_shard(encoder, **options)
     # The root is all-gathered first in forward and used last (the head), so resharding it after
     # forward would only gather it again at once for backward: keep it, as torchtitan does.
     fully_shard(hf_model(model), reshard_after_forward=False, **options)
