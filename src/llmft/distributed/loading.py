@@ -20,7 +20,7 @@ from torch import nn
 
 from llmft.config import FsdpSection, ModelSection
 from llmft.distributed.env import DistEnv
-from llmft.distributed.parallelize import apply_fsdp, hf_model
+from llmft.distributed.parallelize import apply_fsdp, average_unsharded_gradients, hf_model
 from llmft.models.loader import ModelSource, load_causal_lm, model_skeleton
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,15 @@ def load_sharded(
     # Real (uninitialised) storage for this rank's shards: the full tensors never exist here.
     model.to_empty(device="cpu" if fsdp_cfg.cpu_offload else env.device)
 
+    # Prompt and prefix tuning's PeftModel holds the base's embedding a second time, as
+    # ``word_embeddings``: the state dict then has one tensor under two names, and DCP's broadcast
+    # fills only one of them (the other failed with "mixed torch.Tensor and DTensor"). It is taken out
+    # for the load and put back (the shared module gets its weights under its own name).
+    alias = model._modules.pop("word_embeddings", None)
     reference, full = None, {}
     if env.is_main:
         reference = prepare(load_causal_lm(source, model_cfg, torch.device("cpu"), classifier))
+        reference._modules.pop("word_embeddings", None)
         full = reference.state_dict()
     # Rank 0 alone can compare names; all ranks raise together rather than hang in the broadcast.
     shared = (
@@ -126,10 +132,13 @@ def load_sharded(
                 buffer.copy_(reference_buffers[name])
             dist.broadcast(buffer, src=0)
     del reference, full, reference_buffers
+    if alias is not None:
+        model._modules["word_embeddings"] = alias
 
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if _is_meta(t)]
     if left:
         raise RuntimeError(f"{len(left)} tensors were left on the meta device after loading: {left[:3]}")
+    average_unsharded_gradients(model, env)
     peaks = [None] * env.world_size
     dist.all_gather_object(peaks, round(_peak_host_mib()))
     log.info(
@@ -162,6 +171,7 @@ def _load_sharded_nf4(
     quantize_nf4_(hf_model(model), shards)
     model = prepare(model)
     apply_fsdp(model, fsdp_cfg, env.mesh)  # moves each rank's shards to its device
+    average_unsharded_gradients(model, env)
     nbytes, params = quantized_base_bytes(model)
     shares = [None] * env.world_size
     dist.all_gather_object(shares, nbytes)

@@ -193,7 +193,12 @@ def _llama_adapter(model: nn.Module, cfg: PeftSection, task: str = "causal_lm") 
     config = AdaptionPromptConfig(
         adapter_len=adapter.adapter_len, adapter_layers=layers, task_type=_task_type(task)
     )
-    return _peft_model(model, config)
+    peft_model = _peft_model(model, config)
+    # PEFT's AdaptionPromptModel binds the inner model's bound ``forward``, which skips that module's
+    # hooks, FSDP's all-gather among them; calling the module itself runs them.
+    adaption = peft_model.base_model
+    adaption.forward = adaption.model.__call__
+    return peft_model
 
 
 def apply_method(model: nn.Module, cfg: PeftSection, task: str = "causal_lm") -> nn.Module:
