@@ -21,7 +21,7 @@ from llmft.config import ModelSection, build_config
 from llmft.distributed.parallelize import hf_model, unwrap
 from llmft.finetune import finetune
 from llmft.models.loader import load_causal_lm, resolve_model
-from llmft.models.quantize import quantize_nf4_, quantized_base_bytes
+from llmft.models.quantize import quantized_base_bytes
 
 COMMON = {
     "train.max_steps": 4,
@@ -46,6 +46,9 @@ CASES = {
     "dora": {"peft.method": "lora", "peft.lora.use_dora": True, "peft.lora.use_rslora": True,
              "peft.lora.dropout": 0.0, "peft.lora.target_modules": "q_proj,v_proj", "train.lr": 1e-2},
     "qlora": {"peft.method": "qlora", "peft.lora.dropout": 0.0, "train.lr": 1e-2},
+    # One process with FSDP's 4-bit format (torchao NF4): the reference of the 2-process FSDP run.
+    "qlora_torchao": {"peft.method": "qlora", "model.quant_backend": "torchao", "peft.lora.dropout": 0.0,
+                      "train.lr": 1e-2},
     "lora_8bit": {"peft.method": "lora", "model.quantization": "8bit", "peft.lora.dropout": 0.0,
                   "train.lr": 1e-2},
     "ia3": {"peft.method": "ia3", "train.lr": 5e-2},
@@ -62,9 +65,8 @@ def _base_for_reload(cfg):
     DDP; the same torchao NF4 codes for an FSDP 4-bit run)."""
     source = resolve_model(cfg.model)
     if cfg.distributed.strategy == "fsdp" and cfg.model.quantization == "4bit":
-        model = load_causal_lm(source, cfg.model, torch.device("cpu"), quantize=False)
-        quantize_nf4_(model, 1)
-        return model
+        model_cfg = cfg.model.model_copy(update={"quant_backend": "torchao"})
+        return load_causal_lm(source, model_cfg, torch.device("cpu"))
     return load_causal_lm(source, cfg.model, torch.device("cpu"))
 
 

@@ -83,6 +83,11 @@ class ModelSection(_Section):
         True,
         description="4bit: quantize the per-block scales too (QLoRA's double quantization, ~0.4 bit/param).",
     )
+    quant_backend: Literal["auto", "bitsandbytes", "torchao"] = Field(
+        "auto",
+        description="4bit: bitsandbytes (single, ddp) or torchao NF4 (single, fsdp); auto: torchao under "
+        "fsdp, else bitsandbytes. torchao on one process reproduces an FSDP run's quantization.",
+    )
     compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="4bit: dtype the dequantized weights multiply in; empty: model.dtype."
     )
@@ -557,7 +562,7 @@ class Config(_Section):
         if model.quantization != "4bit":
             changed = [
                 f"model.{name}"
-                for name in ("quant_type", "double_quant", "compute_dtype")
+                for name in ("quant_type", "double_quant", "compute_dtype", "quant_backend")
                 if getattr(model, name) != ModelSection.model_fields[name].default
             ]
             if changed:
@@ -571,21 +576,30 @@ class Config(_Section):
                 "row-wise state FSDP2 cannot split); use --model.quantization 4bit (sharded as torchao NF4) "
                 "or --distributed.strategy ddp"
             )
-        if strategy == "fsdp" and model.quantization == "4bit":
+        wrong_strategy = "fsdp" if model.quant_backend == "bitsandbytes" else "ddp"
+        if model.quantization == "4bit" and model.quant_backend != "auto" and strategy == wrong_strategy:
+            raise ValueError(
+                f"model.quant_backend {model.quant_backend} under strategy {strategy}: FSDP shards "
+                f"torchao's NF4 and DDP replicates bitsandbytes' 4-bit weights; use --model.quant_backend auto"
+            )
+        torchao = model.quantization == "4bit" and (
+            model.quant_backend == "torchao" or (model.quant_backend == "auto" and strategy == "fsdp")
+        )
+        if torchao:
             if model.quant_type != "nf4":
                 raise ValueError(
-                    f"model.quant_type {model.quant_type} under FSDP: the sharded 4-bit base is torchao's "
-                    f"NF4; use --model.quant_type nf4 or --distributed.strategy ddp"
+                    f"model.quant_type {model.quant_type} with torchao (FSDP's 4-bit base): it has only "
+                    f"NF4; use --model.quant_type nf4, or bitsandbytes (--distributed.strategy ddp)"
                 )
             if not model.double_quant:
                 raise ValueError(
-                    "model.double_quant false under FSDP: torchao's NF4 always quantizes its block scales; "
-                    "drop model.double_quant or use --distributed.strategy ddp"
+                    "model.double_quant false with torchao (FSDP's 4-bit base): its NF4 always quantizes "
+                    "the block scales; drop model.double_quant, or use bitsandbytes (--distributed.strategy ddp)"
                 )
             if method in ("lora", "qlora") and self.peft.lora.use_dora:
                 raise ValueError(
-                    "peft.lora.use_dora on a 4-bit base under FSDP: PEFT cannot dequantize torchao's NF4 "
-                    "weight for DoRA's norm; drop use_dora, or use --distributed.strategy ddp"
+                    "peft.lora.use_dora on torchao's 4-bit base (FSDP's): PEFT cannot dequantize its NF4 "
+                    "weight for DoRA's norm; drop use_dora, or use bitsandbytes (--distributed.strategy ddp)"
                 )
         if method in PROMPT_METHODS:
             if self.data.batching == "packing":

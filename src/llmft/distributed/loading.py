@@ -83,7 +83,7 @@ def load_sharded(
         RuntimeError: if a weight or buffer name differs between checkpoint and model, or anything is
             left on the meta device (a bug, not a user error).
     """
-    if model_cfg.quantization == "4bit":
+    if model_cfg.quantization == "4bit":  # torchao NF4 (the config refuses bitsandbytes under FSDP)
         return _load_sharded_nf4(source, model_cfg, prepare, fsdp_cfg, env, classifier)
     model = prepare(model_skeleton(source, model_cfg, classifier))
     apply_fsdp(model, fsdp_cfg, env.mesh)

@@ -216,14 +216,17 @@ def load_causal_lm(
     """
     from transformers.utils import logging as hf_logging
 
-    from llmft.models.quantize import bnb_config, keep_cpu_layout_
+    from llmft.models.quantize import bnb_config, keep_cpu_layout_, quantize_nf4_
 
     verbosity = hf_logging.get_verbosity()
     if classifier is not None:
         hf_logging.set_verbosity_error()  # "score.weight newly initialised": expected, and re-done seeded
     # model.quantization: bitsandbytes quantizes while loading, straight onto the device (a quantized
     # model cannot be moved afterwards); the classifier's new head stays unquantized (it trains).
-    quantization = bnb_config(cfg, ["score"] if classifier is not None else None) if quantize else None
+    torchao = quantize and cfg.quantization == "4bit" and cfg.quant_backend == "torchao"
+    quantization = (
+        bnb_config(cfg, ["score"] if classifier is not None else None) if quantize and not torchao else None
+    )
     placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
     try:
         with _loading(source, "could not load weights from"):
@@ -238,4 +241,6 @@ def load_causal_lm(
             )
     finally:
         hf_logging.set_verbosity(verbosity)
+    if torchao:  # one process, quantized as FSDP quantizes (llmft.models.quantize)
+        quantize_nf4_(model, 1)
     return keep_cpu_layout_(model) if quantization else model.to(device)
