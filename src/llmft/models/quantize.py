@@ -164,10 +164,13 @@ def quantized_base_bytes(model: nn.Module) -> tuple[int, int]:
     from torch.distributed.tensor import DTensor
 
     total_bytes = total_params = 0
+    seen: set[int] = set()
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if weight is None or not _is_quantized_tensor(weight):
+        # PEFT's adapter layers show their base layer's weight as their own: count each tensor once.
+        if weight is None or id(weight) in seen or not _is_quantized_tensor(weight):
             continue
+        seen.add(id(weight))
         local = weight.to_local() if isinstance(weight, DTensor) else weight
         kind = type(local).__name__
         if kind == "NF4Tensor":
