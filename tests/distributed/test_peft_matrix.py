@@ -107,7 +107,7 @@ def test_bitsandbytes_bases_hold_what_the_docs_say(single):
     int8_bytes, _ = single["lora_8bit"]["base_shares"][0]
     assert params == 2_899_968
     assert round(nf4_bytes / params, 3) == 0.526
-    assert round(int8_bytes / params, 3) == 1.007
+    assert round(int8_bytes / params, 3) == 1.013  # int8 codes + an fp32 scale per row
 
 
 @pytest.mark.parametrize(

@@ -166,6 +166,8 @@ def quantized_base_bytes(model: nn.Module) -> tuple[int, int]:
     total_bytes = total_params = 0
     seen: set[int] = set()
     for module in model.modules():
+        if hasattr(module, "get_base_layer"):  # a PEFT adapter layer: its base layer holds the state
+            module = module.get_base_layer()
         weight = getattr(module, "weight", None)
         # PEFT's adapter layers show their base layer's weight as their own: count each tensor once.
         if weight is None or id(weight) in seen or not _is_quantized_tensor(weight):
