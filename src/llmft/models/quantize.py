@@ -88,10 +88,10 @@ def prepare_kbit(model: nn.Module) -> nn.Module:
 
 def is_quantized(model: nn.Module) -> bool:
     """Whether any weight of ``model`` is stored quantized (bitsandbytes or torchao NF4)."""
-    return any(_is_quantized_tensor(p) for p in model.parameters())
+    return any(is_quantized_tensor(p) for p in model.parameters())
 
 
-def _is_quantized_tensor(tensor: torch.Tensor) -> bool:
+def is_quantized_tensor(tensor: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     if isinstance(tensor, DTensor):
@@ -170,7 +170,7 @@ def quantized_base_bytes(model: nn.Module) -> tuple[int, int]:
             module = module.get_base_layer()
         weight = getattr(module, "weight", None)
         # PEFT's adapter layers show their base layer's weight as their own: count each tensor once.
-        if weight is None or id(weight) in seen or not _is_quantized_tensor(weight):
+        if weight is None or id(weight) in seen or not is_quantized_tensor(weight):
             continue
         seen.add(id(weight))
         local = weight.to_local() if isinstance(weight, DTensor) else weight

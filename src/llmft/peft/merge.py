@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from llmft.errors import UserError
-from llmft.models.quantize import _is_quantized_tensor, dequantized_weight
+from llmft.models.quantize import is_quantized_tensor, dequantized_weight
 
 # PEFT types whose adapters are not weight deltas, with what they do instead.
 _UNMERGEABLE = {
@@ -135,6 +135,6 @@ def _base_tensor(base: nn.Module, name: str, adapter: str) -> torch.Tensor:
     if hasattr(module, "get_base_layer"):
         module = module.get_base_layer()
     tensor = getattr(module, leaf)
-    if leaf == "weight" and _is_quantized_tensor(tensor):
+    if leaf == "weight" and is_quantized_tensor(tensor):
         return dequantized_weight(module)
     return tensor.detach()
