@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from llmft.errors import UserError
-from llmft.models.quantize import is_quantized_tensor, dequantized_weight
+from llmft.models.quantize import dequantized_weight, is_quantized_tensor
 
 # PEFT types whose adapters are not weight deltas, with what they do instead.
 _UNMERGEABLE = {
