@@ -127,3 +127,12 @@ def test_bitsandbytes_bases_hold_what_the_docs_say(single):
 def test_invalid_combinations_fail_before_any_work(settings, message):
     with pytest.raises(ConfigError, match=message):
         build_config({}, settings)
+
+
+def test_fsdp_4bit_on_one_shard_is_a_clear_error(tmp_path):
+    """FSDP2's one-rank shortcut cannot gather NF4 (torch 2.13): refused, naming the equivalent setup."""
+    result = run_torchrun(1, "-m", "llmft", "finetune", "--peft.method", "qlora", "--distributed.strategy",
+                          "fsdp", "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 2
+    assert "--distributed.strategy single --model.quant_backend torchao" in result.stderr
+    assert not (tmp_path / "out").exists()

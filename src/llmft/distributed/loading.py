@@ -21,6 +21,7 @@ from torch import nn
 from llmft.config import FsdpSection, ModelSection
 from llmft.distributed.env import DistEnv
 from llmft.distributed.parallelize import apply_fsdp, average_unsharded_gradients, hf_model
+from llmft.errors import UserError
 from llmft.models.loader import ModelSource, load_causal_lm, model_skeleton
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,16 @@ def _load_sharded_nf4(
     """
     from llmft.models.quantize import quantize_nf4_, quantized_base_bytes
 
-    model = load_causal_lm(source, model_cfg, torch.device("cpu"), classifier, quantize=False)
     shards = env.mesh.size(env.mesh.ndim - 1) if env.mesh is not None else env.world_size
+    if shards == 1:
+        # FSDP2's one-rank shortcut (torch 2.13) skips the tensor-subclass all-gather hooks and hands
+        # NF4's post-all-gather one tensor instead of three: it crashed at the first forward.
+        raise UserError(
+            "model.quantization 4bit with distributed.strategy fsdp over 1 shard: FSDP2 cannot gather "
+            "torchao's NF4 weights on one rank; use --distributed.strategy single --model.quant_backend "
+            "torchao (the same 4-bit base), or launch 2 or more processes"
+        )
+    model = load_causal_lm(source, model_cfg, torch.device("cpu"), classifier, quantize=False)
     quantize_nf4_(hf_model(model), shards)
     model = prepare(model)
     apply_fsdp(model, fsdp_cfg, env.mesh)  # moves each rank's shards to its device
