@@ -128,7 +128,10 @@ def quantize_nf4_(model: nn.Module, shards: int) -> list[str]:
     Returns:
         The names of linear layers left unquantized.
     """
-    from torchao.quantization import to_nf4
+    try:
+        from torchao.quantization import to_nf4
+    except ImportError:  # torchao before 0.16 kept NF4 under dtypes
+        from torchao.dtypes.nf4tensor import to_nf4
 
     from llmft.distributed.parallelize import decoder_blocks
 
