@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in output_dir (it is deleted)"
     )
+    finetune.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="continue from a checkpoint: auto (the latest in output_dir; a fresh start if none) or a "
+        "checkpoint or run folder",
+    )
     validate = _config_parser(
         sub, "validate", "Check a config (llmft validate CONFIG [overrides], or --config) without running it."
     )
@@ -112,12 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     from llmft.memory.command import add_parser as add_estimate_parser  # no torch import
 
     estimate = add_estimate_parser(sub)
+    from llmft.checkpoint.export import add_parser as add_export_parser  # no torch import
+
+    export = add_export_parser(sub)
     parser.commands = {
         "finetune": finetune,
         "validate": validate,
         "data": data,
         "predict": predict,
         "estimate": estimate,
+        "export": export,
     }
     return parser
 
@@ -185,6 +195,13 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "predict":
         return _predict(args, extra)
+    if args.command == "export":
+        if extra:
+            raise UserError(f"export: unknown argument '{extra[0]}' (see llmft export --help)")
+        _setup_logging()
+        from llmft.checkpoint.export import run as run_export
+
+        return run_export(args)
     if args.command == "estimate":  # flags of its own, no config
         if extra:
             raise UserError(f"estimate: unknown flag '{extra[0]}' (see llmft estimate --help)")
@@ -218,8 +235,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         return 0
     _setup_logging()
     from llmft.finetune import finetune  # heavy imports (torch, transformers) only when training
+    from llmft.train.trainer import EXIT_PREEMPTED, Preempted
 
-    result = finetune(config, overwrite=args.overwrite)
+    try:
+        result = finetune(config, overwrite=args.overwrite, resume=args.resume)
+    except Preempted as stop:
+        if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process
+            print(f"llmft: {stop}; continue with --resume auto (exit status {EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
     if result.is_main:  # one report per run, not one per process
         print(result.report())
     return 0

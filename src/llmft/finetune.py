@@ -29,20 +29,29 @@ from typing import Any
 
 import torch
 
-from llmft.checkpoint.outputs import CONFIG_FILE, check_output_dir, claim_output_dir, save_artifacts
+from llmft.checkpoint.outputs import (
+    CONFIG_FILE,
+    RUN_MARKER,
+    check_output_dir,
+    claim_output_dir,
+    save_artifacts,
+)
+from llmft.checkpoint.resume import check_resume_config
+from llmft.checkpoint.state import load_tensors, resolve_resume, save_checkpoint, verify_checkpoint
 from llmft.config import Config
 from llmft.data.pipeline import prepare_data
 from llmft.distributed.env import DistEnv, check_launch, setup_distributed, teardown_distributed
-from llmft.distributed.loading import load_sharded
 from llmft.distributed.parallelize import apply_ddp, full_state_dict, unwrap
+from llmft.errors import UserError
 from llmft.inference.generate import generate_text
 from llmft.inference.predict import classify
 from llmft.memory import run as memory_run
-from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
-from llmft.models.loader import load_causal_lm, load_tokenizer, model_skeleton, resolve_model
+from llmft.models.build import build_model
+from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec
+from llmft.models.loader import load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
-from llmft.peft.freeze import apply_freeze, check_freeze, describe_groups
-from llmft.peft.methods import apply_method, check_method, count_parameters
+from llmft.peft.freeze import check_freeze, describe_groups
+from llmft.peft.methods import check_method, count_parameters
 from llmft.train.metrics import MetricsLogger, check_wandb, finite_or_none, plot_run
 from llmft.train.observe import peak_memory
 from llmft.train.optim import resolve_precision
@@ -140,27 +149,46 @@ def _is_tokenizer_file(name: str) -> bool:
     return name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges"))
 
 
-def _enable_activation_checkpointing(model) -> None:
-    """Recompute each decoder block in backward (non-reentrant, so frozen inputs need no grad hook).
+@dataclass
+class _Resume:
+    """Where a resumed run continues from, and whether it continues in its own run folder."""
 
-    Newer transformers 5 releases renamed the method; older ones (the GPU image's 5.17) have only the
-    first name.
+    checkpoint: Path
+    in_place: bool
+
+
+def _plan_resume(resume: str | None, output_dir: Path, overwrite: bool, inputs: dict[str, Path]):
+    """Check the output folder against ``--resume``; returns the resume plan (None: a fresh run) and
+    whether an earlier run in the folder may be cleared."""
+    if resume is None:
+        check_output_dir(output_dir, overwrite, inputs)
+        return None, overwrite
+    if overwrite:
+        raise UserError("--resume continues a run and --overwrite deletes it: pass only one of them")
+    checkpoint = resolve_resume(resume, output_dir)
+    if checkpoint is None:  # --resume auto, nothing saved yet
+        interrupted = (output_dir / RUN_MARKER).is_file() and not (output_dir / "summary.json").exists()
+        if interrupted:
+            log.warning("--resume auto: %s holds no checkpoint yet; starting the run again", output_dir)
+        check_output_dir(output_dir, interrupted, inputs)
+        return None, interrupted
+    in_place = output_dir.resolve() in checkpoint.resolve().parents
+    if not in_place:  # a new run folder that starts from another run's checkpoint
+        check_output_dir(output_dir, False, {**inputs, "--resume": checkpoint})
+    return _Resume(checkpoint, in_place), False
+
+
+def finetune(cfg: Config, overwrite: bool = False, resume: str | None = None) -> RunResult:
+    """Run one fine-tuning job described by ``cfg``; see the module docstring for the order.
+
+    ``resume``: ``auto`` (the latest checkpoint in the run folder, if any) or a checkpoint or run folder.
     """
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def finetune(cfg: Config, overwrite: bool = False) -> RunResult:
-    """Run one fine-tuning job described by ``cfg``; see the module docstring for the order."""
     output_dir = cfg.resolved_output_dir()
-    check_output_dir(output_dir, overwrite, _inputs(cfg))
+    plan, overwrite = _plan_resume(resume, output_dir, overwrite, _inputs(cfg))
     run_log = _RunLog()
     finished = False
     try:
-        result = _finetune(cfg, output_dir, overwrite, run_log)
+        result = _finetune(cfg, output_dir, overwrite, run_log, plan)
         finished = True
         return result
     finally:
@@ -168,9 +196,9 @@ def finetune(cfg: Config, overwrite: bool = False) -> RunResult:
         teardown_distributed(wait=finished)
 
 
-def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) -> RunResult:
-    from transformers import set_seed
-
+def _finetune(
+    cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog, plan: _Resume | None
+) -> RunResult:
     # Every input check that needs no weights comes before the first log line, so that a mistake is
     # reported alone, at once: the launch, the model's name, its tokenizer, every data row, the
     # method's targets (checked on a weightless copy of the model). Each process checks for itself
@@ -188,27 +216,20 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     skeleton = model_skeleton(source, cfg.model, classifier)
     check_method(skeleton, cfg.peft)
     check_freeze(skeleton, cfg.freeze)
+    # Absolute paths, so the written config reproduces the run from any working folder.
+    resolved = cfg.model_copy(
+        update={
+            "output_dir": os.path.abspath(output_dir),
+            "data": cfg.data.model_copy(update={"path": data.source if cfg.data.path else None}),
+        }
+    )
+    if plan is not None:  # a change that breaks the resume is an error here, before any work
+        info = verify_checkpoint(plan.checkpoint)
+        check_resume_config(info, resolved.model_dump(mode="json"), check_launch(cfg.distributed))
     env = setup_distributed(cfg.distributed)
     log.info("model: %s", source.describe())
     log.info("data: %s from %s (format %s)", data.stats.describe(), data.source, data.format.name)
-
-    def prepare(model):
-        if cfg.train.gradient_checkpointing:
-            # Before the adapters: the base model owns the decoder blocks that recompute; and before
-            # sharding, so that each block recomputes inside its own FSDP unit.
-            _enable_activation_checkpointing(model)
-        # Seeded here, just before the first random draw of the run (adapter init; then dropout), so
-        # that nothing before it (a preset materialised on first use, say) shifts the stream.
-        set_seed(cfg.train.seed)
-        if classifier is not None:
-            model = attach_head(model, classifier)
-        # The method decides what trains (adapters; or every weight), then the freeze strategy narrows it.
-        return apply_freeze(apply_method(model, cfg.peft, cfg.task), cfg.freeze)
-
-    if env.strategy == "fsdp":
-        model = load_sharded(source, cfg.model, prepare, cfg.distributed.fsdp, env, classifier)
-    else:
-        model = prepare(load_causal_lm(source, cfg.model, env.device, classifier))
+    model = build_model(cfg, source, env, classifier)
     log.info("%s: %s", cfg.peft.method, count_parameters(model).describe())
     log.info("parameters by group:\n%s", describe_groups(model))
     if env.strategy == "ddp":
@@ -254,29 +275,44 @@ def _finetune(cfg: Config, output_dir: Path, overwrite: bool, run_log: _RunLog) 
     )
     # The planner's estimate of this very run (compared with the measured peak at the end).
     planned, trainer.observer = memory_run.start(cfg, skeleton.config, env, compute_dtype)
+    done = None
+    if plan is not None:
+        # Weights, optimizer state and RNG of every rank (DCP reshards them to this run's layout).
+        done = trainer.restore(load_tensors(trainer, plan.checkpoint))
+        log.info("resuming from %s at step %d of %d", plan.checkpoint, trainer.step, trainer.total_steps)
+    resolved_yaml = resolved.to_yaml()
+    checkpoint = cfg.checkpoint
+    trainer.checkpoint_every, trainer.checkpoint_at_epoch_end = (
+        checkpoint.every_steps,
+        checkpoint.at_epoch_end,
+    )
+
+    def save_state(reason: str, summary: TrainSummary) -> Path:
+        path = save_checkpoint(trainer, output_dir, resolved_yaml, summary, checkpoint.keep, reason, extra)
+        log.info("step %d: checkpoint %s (%s)", trainer.step, path, reason)
+        return path
+
+    trainer.checkpoint_hook = save_state
+    extra = {CLASSIFIER_FILE: json.dumps(classifier.to_json(), indent=2) + "\n"} if classifier else {}
 
     metrics = None
     if env.is_main:
-        claim_output_dir(output_dir, overwrite, _inputs(cfg))
-        # Absolute paths, so the written config reproduces the run from any working folder.
-        resolved = cfg.model_copy(
-            update={
-                "output_dir": os.path.abspath(output_dir),
-                "data": cfg.data.model_copy(update={"path": data.source if cfg.data.path else None}),
-            }
-        )
-        (output_dir / CONFIG_FILE).write_text(resolved.to_yaml(), encoding="utf-8")
+        if plan is None or not plan.in_place:
+            claim_output_dir(output_dir, overwrite, _inputs(cfg))
+        (output_dir / CONFIG_FILE).write_text(resolved_yaml, encoding="utf-8")
         run_log.open(output_dir)
         metrics = MetricsLogger(
             output_dir,
             tensorboard=cfg.logging.tensorboard,
             wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None,
             run_config=resolved.model_dump(mode="json"),
+            resume_step=trainer.step if plan is not None else None,
         )
         trainer.attach_metrics(metrics)
+    env.barrier()  # the run folder exists before any rank writes a checkpoint into it
     try:
         started = time.perf_counter()
-        summary = trainer.fit()
+        summary = trainer.fit(done)
         log.info("trained in %.1fs", time.perf_counter() - started)
         memory, memory_lines = memory_run.compare(planned, peak_memory(env.device))
         throughput = trainer.observer.summary()

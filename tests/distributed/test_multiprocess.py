@@ -35,6 +35,7 @@ COMMON = {
     "generation.max_new_tokens": 6,
     "logging.tensorboard": False,
     "logging.plot": False,
+    "checkpoint.every_steps": 2,  # checkpoints at steps 2 and 4, for the resume tests
 }
 LORA = {"train.lr": 1e-2}  # large enough that four steps move the adapter far from zero
 FULL = {"peft.method": "none", "train.lr": 1e-3}
@@ -84,15 +85,18 @@ def single_full(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fsdp_lora(tmp_path_factory):
-    return _launch(tmp_path_factory, "fsdp-lora", 2, {**COMMON, **LORA, "distributed.strategy": "fsdp"})
+    return _launch(tmp_path_factory, "fsdp-lora", 2, FSDP_LORA)
+
+
+FSDP_LORA = {**COMMON, **LORA, "distributed.strategy": "fsdp"}
+# Also the other FSDP options that keep fp32 arithmetic: parameters kept after forward, CPU offload.
+FSDP_FULL = {**COMMON, **FULL, "distributed.strategy": "fsdp", "train.gradient_checkpointing": True,
+             "distributed.fsdp.reshard_after_forward": False, "distributed.fsdp.cpu_offload": True}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def fsdp_full_checkpointed(tmp_path_factory):
-    # Also the other FSDP options that keep fp32 arithmetic: parameters kept after forward, CPU offload.
-    settings = {**COMMON, **FULL, "distributed.strategy": "fsdp", "train.gradient_checkpointing": True,
-                "distributed.fsdp.reshard_after_forward": False, "distributed.fsdp.cpu_offload": True}  # fmt: skip
-    return _launch(tmp_path_factory, "fsdp-full-ac", 2, settings)
+    return _launch(tmp_path_factory, "fsdp-full-ac", 2, FSDP_FULL)
 
 
 def _logits(model, tokenizer) -> torch.Tensor:
@@ -156,6 +160,37 @@ def test_fsdp_full_finetune_with_activation_checkpointing_gives_the_single_proce
     theirs = _logits(AutoModelForCausalLM.from_pretrained(single_full), tokenizer)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
     assert not (out / "adapter_config.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharded checkpoints: resume, reshard, export
+
+
+@pytest.mark.parametrize(
+    "fixture, settings", [("fsdp_lora", FSDP_LORA), ("fsdp_full_checkpointed", FSDP_FULL)]
+)
+def test_fsdp_resumed_from_its_sharded_checkpoint_gives_identical_losses(
+    tmp_path_factory, request, fixture, settings
+):
+    out, _ = request.getfixturevalue(fixture)
+    checkpoint = out / "checkpoints" / "step-000002"
+    assert len(list((checkpoint / "state").glob("*.safetensors"))) == 2  # each rank wrote its shards
+    resumed, _ = _launch(tmp_path_factory, f"{fixture}-resumed", 2, settings,
+                         "-m", "llmft", "finetune", "--resume", str(checkpoint))  # fmt: skip
+    assert _losses(resumed) == _losses(out)[2:]
+
+
+def test_a_sharded_checkpoint_resumes_in_one_process_and_exports_for_plain_peft(tmp_path, fsdp_lora):
+    out, _ = fsdp_lora
+    # DCP reshards the two ranks' files into one process; the data position carries over in samples.
+    single = tmp_path / "single"
+    finetune(build_config({}, {**COMMON, **LORA, "output_dir": str(single)}),
+             resume=str(out / "checkpoints" / "step-000002"))  # fmt: skip
+    assert _losses(single) == pytest.approx(_losses(out)[2:], abs=TOLERANCE, rel=0)
+    exported = tmp_path / "adapter"
+    result = run_cli("export", str(out / "checkpoints" / "step-000004"), "--out", str(exported))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.equal(_adapter_logits(exported), _adapter_logits(out))
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ from llmft.cli import main
 from llmft.config import ModelSection, TrainSection, build_config
 from llmft.data.pipeline import TokenizedDataset
 from llmft.distributed.env import DistEnv
-from llmft.finetune import _enable_activation_checkpointing
 from llmft.memory.architectures import KNOWN_ARCHITECTURES, llama_shaped, resolve_shape, shape_from_hf_config
 from llmft.memory.estimator import Setup, estimate, suggestions
 from llmft.memory.measure import SavedTensors, optimizer_state, tensor_bytes
 from llmft.memory.params import MethodSpec, inventory
 from llmft.memory.report import SCHEMA, parse_size
+from llmft.models.build import enable_activation_checkpointing as _enable_activation_checkpointing
 from llmft.models.loader import load_causal_lm, resolve_model
 from llmft.peft.methods import apply_method
 from llmft.train.loss import token_loss_sum

@@ -16,6 +16,7 @@ from llmft.config.loader import (
 )
 from llmft.config.schema import (
     LLAMA_LINEAR_MODULES,
+    CheckpointSection,
     Config,
     DataSection,
     DistributedSection,
@@ -40,6 +41,7 @@ __all__ = [
     "FreezeSection",
     "FsdpSection",
     "HeadSection",
+    "CheckpointSection",
     "GenerationSection",
     "LoggingSection",
     "LoraSection",

@@ -375,6 +375,20 @@ class DistributedSection(_Section):
         return self
 
 
+class CheckpointSection(_Section):
+    """Resumable training state written during the run (see docs/checkpoints.md)."""
+
+    every_steps: Int = Field(
+        100, ge=0, description="Save the whole training state every N optimizer steps; 0: not on an interval."
+    )
+    at_epoch_end: bool = Field(True, description="Also save at the end of each epoch.")
+    keep: Int = Field(
+        2,
+        ge=1,
+        description="Keep the last K checkpoints; an older one is deleted once a newer one is complete.",
+    )
+
+
 class GenerationSection(_Section):
     """The sample generated at the end of a run."""
 
@@ -495,6 +509,7 @@ class Config(_Section):
     peft: PeftSection = Field(default_factory=PeftSection)
     train: TrainSection = Field(default_factory=TrainSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     task: Literal["causal_lm", "classification"] = Field(

@@ -258,4 +258,7 @@ def eval_loader(
         sampler=sampler,
         collate_fn=Collator(pad_id, dataset.pad_to),
         pin_memory=pin_memory,
+        # Its own generator: each new iterator draws a base seed from it, and drawing from the global
+        # one would shift dropout's random stream by one draw per epoch (and differently in a resumed run).
+        generator=torch.Generator(),
     )

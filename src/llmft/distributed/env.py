@@ -56,6 +56,19 @@ class DistEnv:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
+    def any(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any process (a stop request that one rank received, say)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value)
+
+    def barrier(self) -> None:
+        """Wait until every process arrives (a no-op for one process)."""
+        if self.distributed:
+            dist.barrier()
+
 
 def resolve_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():

@@ -43,8 +43,21 @@ class MetricsLogger:
         tensorboard: bool = True,
         wandb_project: str | None = None,
         run_config: dict[str, Any] | None = None,
+        resume_step: int | None = None,
     ) -> None:
+        """``resume_step``: the run continues from a checkpoint after this step; rows that an
+        interrupted run logged after it are dropped (they are logged again), so each step has one row."""
         self.path = output_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.is_file():
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # the last line of a killed run may be cut short
+                    continue
+                if row.get("step", 0) <= resume_step:
+                    kept.append(row)
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
         self._file = self.path.open("a", encoding="utf-8")
         self._writer = None
         self._wandb = None
@@ -59,7 +72,9 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard_dir = output_dir / "tensorboard"
-            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
+            # purge_step hides the events an interrupted run wrote after the checkpoint.
+            purge = None if resume_step is None else resume_step + 1
+            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge)
 
     def log(self, row: dict[str, Any]) -> None:
         row = {key: finite_or_none(value) for key, value in row.items()}

@@ -8,8 +8,11 @@ batch (see :mod:`llmft.train.loss`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +40,21 @@ Batch = dict[str, torch.Tensor]
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; usually the learning rate is too high."""
+
+
+# The exit status of a run stopped by SIGTERM or SIGUSR1 after writing a checkpoint (EX_TEMPFAIL:
+# "try again later"); a scheduler requeues on it and the next run continues with --resume auto.
+EXIT_PREEMPTED = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after a step; ``checkpoint`` holds the state to resume from."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (none configured)"
+        super().__init__(f"stopped by {signal_name} after step {step}; {where}")
 
 
 @dataclass
@@ -138,8 +156,15 @@ class Trainer:
         # Data position: the epoch, and the micro-batches of it already trained on (checkpoints save it).
         self.epoch = 0
         self.micro_batches_done = 0
-        self._evaluated_at = -1
+        self.evaluated_at = -1
         self.observer: Observer | None = None  # adds FLOPs, MFU and peak memory to the rows
+        # Step checkpoints: ``checkpoint_hook(reason, summary)`` writes one (all ranks call it together)
+        # and returns its folder; None: no checkpoints. When: every ``checkpoint_every`` steps, at the
+        # end of each epoch, at the end of the run, and when a stop signal arrives.
+        self.checkpoint_hook = None
+        self.checkpoint_every = 0
+        self.checkpoint_at_epoch_end = True
+        self.stop_signal: str | None = None  # set by SIGTERM/SIGUSR1 during fit()
 
     def attach_metrics(self, metrics: MetricsLogger | None) -> None:
         """Send rows to ``metrics`` from now on (only the main process writes)."""
@@ -257,12 +282,51 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
 
     def data_state(self) -> dict[str, int]:
-        """Where the data stream stands: the epoch and the micro-batches of it already trained on."""
-        return {"epoch": self.epoch, "micro_batches_done": self.micro_batches_done}
+        """Where the data stream stands: the epoch, the micro-batches of it already trained on by each
+        process, and the samples of it consumed by all processes together (which a different number of
+        processes can continue from). A finished epoch is stated as the start of the next."""
+        epoch, done = self.epoch, self.micro_batches_done
+        if done >= len(self.train_loader):
+            epoch, done = epoch + 1, 0
+        return {
+            "epoch": epoch,
+            "micro_batches_done": done,
+            "samples_done": done * self.cfg.micro_batch_size * self.env.world_size,
+        }
 
     def load_data_state(self, state: dict[str, int]) -> None:
-        """Continue the data stream from ``state`` (of :meth:`data_state`): same order, nothing repeated."""
-        self.epoch, self.micro_batches_done = int(state["epoch"]), int(state["micro_batches_done"])
+        """Continue the data stream from ``state`` (of :meth:`data_state`): same order, nothing repeated.
+
+        Each process reads every world-size-th sample of one global order, so after S samples of an
+        epoch each of W processes has read S / W; a state saved with another number of processes
+        continues from the same global position when S divides into whole micro-batches.
+        """
+        self.epoch = int(state["epoch"])
+        samples = int(state.get("samples_done", state["micro_batches_done"] * self.cfg.micro_batch_size))
+        per_batch = self.cfg.micro_batch_size * self.env.world_size
+        if samples % per_batch:
+            raise UserError(
+                f"the checkpoint stopped {samples} samples into epoch {self.epoch}, which {self.env.world_size} "
+                f"process(es) x train.micro_batch_size {self.cfg.micro_batch_size} cannot continue from; "
+                f"resume with the number of processes and micro_batch_size it was written with"
+            )
+        self.micro_batches_done = samples // per_batch
+
+    def restore(self, state: dict) -> TrainSummary:
+        """Continue from a checkpoint's trainer state (weights, optimizer and RNG are loaded by
+        :func:`llmft.checkpoint.state.load_tensors`); returns the summary of the steps already done."""
+        self.step = int(state["step"])
+        self.load_data_state(state)
+        self.evaluated_at = int(state.get("evaluated_at", -1))
+        saved = state.get("summary", {})
+        return TrainSummary(
+            steps=self.step,
+            losses=[float(x) for x in saved.get("losses", [])],
+            eval_loss=saved.get("eval_loss"),
+            eval_metrics=dict(saved.get("eval_metrics") or {}),
+            train_time_s=float(saved.get("train_time_s", 0.0)),
+            real_tokens=int(saved.get("real_tokens", 0)),
+        )
 
     def global_batches(self) -> Iterator[tuple[int, list[Batch]]]:
         """(epoch, micro-batches) for every optimizer step; each epoch reshuffles deterministically.
@@ -319,21 +383,29 @@ class Trainer:
             }
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
 
-    def fit(self) -> TrainSummary:
-        """Train for ``total_steps`` optimizer steps, evaluating every ``eval_every`` and at the end."""
-        summary = TrainSummary()
+    def fit(self, summary: TrainSummary | None = None) -> TrainSummary:
+        """Train for ``total_steps`` optimizer steps, evaluating every ``eval_every`` and at the end.
+
+        ``summary``: the steps already done (a resumed run, see :meth:`restore`). SIGTERM and SIGUSR1
+        stop the run after the current step with a checkpoint (:class:`Preempted`).
+        """
+        summary = summary or TrainSummary()
         self.model.train()
         progress = tqdm(
             total=self.total_steps,
+            initial=self.step,
             desc="finetune",
             unit="step",
             dynamic_ncols=True,
             disable=not (self.cfg.progress and self.env.is_main),
         )
         # Console log lines go through tqdm while the bar is drawn, so they do not tear it.
-        with logging_redirect_tqdm(loggers=[logging.getLogger("llmft")]):
-            self._loop(summary, progress)
-        if self.val_loader is not None and self._evaluated_at != summary.steps:
+        with logging_redirect_tqdm(loggers=[logging.getLogger("llmft")]), self._stop_signals():
+            if self.step < self.total_steps:
+                self._loop(summary, progress)
+            else:
+                progress.close()
+        if self.val_loader is not None and self.evaluated_at != summary.steps:
             summary.eval_loss = self._eval_and_log(summary.steps, summary)
         return summary
 
@@ -376,12 +448,51 @@ class Trainer:
                 progress.set_postfix(postfix)
                 if self.cfg.eval_every and result.step % self.cfg.eval_every == 0 and self.val_loader:
                     summary.eval_loss = self._eval_and_log(result.step, summary)
-                    self._evaluated_at = result.step
+                    self.evaluated_at = result.step
                     tick = time.perf_counter()  # evaluation time is not training time
+                # Every rank stops after the same step, whichever of them got the signal.
+                stop = self.env.any(self.stop_signal is not None)
+                reason = "preempted" if stop else self._checkpoint_reason(result.step)
+                checkpoint = None
+                if reason and self.checkpoint_hook is not None:
+                    checkpoint = self.checkpoint_hook(reason, summary)
+                    tick = time.perf_counter()  # nor is saving
+                if stop:
+                    raise Preempted(self.stop_signal or "a signal on another rank", result.step, checkpoint)
                 if result.step >= self.total_steps:
                     break
         finally:
             progress.close()
+
+    def _checkpoint_reason(self, step: int) -> str | None:
+        """Why a checkpoint is due after ``step``, or None."""
+        if self.checkpoint_every and step % self.checkpoint_every == 0:
+            return "interval"
+        if self.checkpoint_at_epoch_end and self.micro_batches_done >= len(self.train_loader):
+            return "epoch_end"
+        if step >= self.total_steps and (self.checkpoint_every or self.checkpoint_at_epoch_end):
+            return "end"
+        return None
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """SIGTERM and SIGUSR1 (a scheduler's warning before it kills or preempts a job) ask the loop to
+        stop after the current step; the previous handlers come back afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = signal.Signals(signum).name
+                log.warning("%s received: stopping after this step with a checkpoint", self.stop_signal)
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _epoch_fraction(self, step: int) -> float:
         within = (step - 1) % self.steps_per_epoch + 1

@@ -1,0 +1,226 @@
+"""``llmft export RUN_OR_CHECKPOINT --out DIR [--merge]``: folders that plain transformers/peft load.
+
+From a step checkpoint (sharded by any number of ranks: DCP reshards it into one process) or from a
+finished run folder, it writes either the PEFT adapter (``PeftModel.from_pretrained``) or, for full
+fine-tuning or with ``--merge``, a whole HF model (``AutoModelForCausalLM.from_pretrained``), with the
+tokenizer and generation config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from llmft.errors import UserError
+
+log = logging.getLogger("llmft")
+
+# A hidden file in every folder that export writes: --overwrite replaces only such a folder.
+EXPORT_MARKER = ".llmft-export"
+# What a finished run folder holds besides the model: never copied into an export.
+_RUN_ONLY = {"checkpoints", "tensorboard", "metrics.jsonl", "train.log", "summary.json", ".llmft-run"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "export",
+        help="Write an HF model or PEFT adapter folder from a run or checkpoint.",
+        description="Write an HF model folder (or a PEFT adapter folder) that plain transformers/peft load, "
+        "from a finished run folder or a step checkpoint (sharded or not): "
+        "llmft export RUN_OR_CHECKPOINT --out DIR [--merge]",
+    )
+    parser.add_argument(
+        "source", metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoints/step-N folder"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    parser.add_argument(
+        "--merge", action="store_true", help="fold the adapter into the base weights (LoRA, DoRA, IA3)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="with a run folder: export its latest checkpoint, not its final artifacts",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    return parser
+
+
+def _check_out(out: Path, source: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export --out: '{out}' is a file; choose a folder")
+    real = out.resolve()
+    if real == source.resolve() or real in source.resolve().parents or source.resolve() in real.parents:
+        raise UserError(f"export --out: '{out}' overlaps the source '{source}'; choose a folder outside it")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / EXPORT_MARKER).is_file():
+            raise UserError(
+                f"export --out: '{out}' is not empty and was not written by llmft export; choose another folder"
+            )
+        if not overwrite:
+            raise UserError(f"export --out: '{out}' holds an earlier export; pass --overwrite to replace it")
+
+
+def _has_final_model(run_dir: Path) -> bool:
+    return (run_dir / "adapter_config.json").is_file() or (run_dir / "config.json").is_file()
+
+
+def _load_run_config(path: Path):
+    from llmft.checkpoint.state import CONFIG_FILE
+    from llmft.config import load_config
+
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        raise UserError(f"export: '{path}' has no {CONFIG_FILE}; pass an llmft run or checkpoint folder")
+    return load_config(str(file), {})
+
+
+def _classifier(path: Path, run_dir: Path | None, cfg):
+    """The classifier spec of a classification run (its label names are kept with the model)."""
+    if cfg.task != "classification":
+        return None
+    from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec
+
+    for folder in (path, run_dir):
+        if folder is not None and (folder / CLASSIFIER_FILE).is_file():
+            return ClassifierSpec.read(folder)
+    raise UserError(f"export: '{path}' is a classification run without {CLASSIFIER_FILE}")
+
+
+def model_from_checkpoint(checkpoint: Path):
+    """(model, tokenizer, config, classifier) rebuilt in this process from a step checkpoint: the base
+    from its source, the trainable weights from the checkpoint (resharded from any layout)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        set_model_state_dict,
+    )
+
+    from llmft.checkpoint.state import STATE_DIR, verify_checkpoint
+    from llmft.config import Config
+    from llmft.distributed.env import DistEnv
+    from llmft.models.build import build_model
+    from llmft.models.loader import load_tokenizer, resolve_model
+
+    info = verify_checkpoint(checkpoint)
+    cfg = Config.model_validate(info.config)
+    source = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(source, cfg.model)
+    run_dir = checkpoint.parent.parent
+    classifier = _classifier(checkpoint, run_dir, cfg)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    model = build_model(cfg, source, env, classifier, checkpointing=False)
+    options = StateDictOptions(ignore_frozen_params=True)
+    weights = {f"model.{k}": v for k, v in get_model_state_dict(model, options=options).items()}
+    try:
+        dcp.load(weights, storage_reader=HuggingFaceStorageReader(str(checkpoint / STATE_DIR)))
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:300]
+        raise UserError(f"export: cannot read the weights of checkpoint '{checkpoint}' ({text})") from None
+    # Not strict: the frozen base is not in the checkpoint (it came from its source above); every
+    # trainable weight was, or dcp.load would have failed.
+    loaded = {k[len("model.") :]: v for k, v in weights.items()}
+    set_model_state_dict(model, loaded, options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    return model, tokenizer, cfg, classifier
+
+
+def _merge(model):
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise UserError("export --merge: this run trained the model's own weights (no adapter); drop --merge")
+    from llmft.peft.merge import merge_adapter
+
+    merged, notes = merge_adapter(model)
+    for note in notes:
+        log.info("merge: %s", note)
+    return merged
+
+
+def _write(model, tokenizer, out: Path, classifier) -> list[str]:
+    from llmft.checkpoint.outputs import save_artifacts
+    from llmft.models.heads import CLASSIFIER_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    for child in out.iterdir():  # an earlier export (checked by _check_out)
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    (out / EXPORT_MARKER).write_text("llmft export\n", encoding="utf-8")
+    written = [p.name for p in save_artifacts(model, tokenizer, out)]
+    if classifier is not None:
+        (out / CLASSIFIER_FILE).write_text(
+            json.dumps(classifier.to_json(), indent=2) + "\n", encoding="utf-8"
+        )
+        written.append(CLASSIFIER_FILE)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmft.checkpoint.state import is_complete, latest_checkpoint, resolve_resume
+
+    source = Path(args.source).expanduser()
+    out = Path(args.out).expanduser()
+    if not source.is_dir():
+        raise UserError(f"export: '{source}' not found; pass a run folder or a checkpoints/step-N folder")
+    _check_out(out, source, args.overwrite)
+    if is_complete(source) or (source / "trainer_state.json").exists() or source.name.startswith("step-"):
+        checkpoint = resolve_resume(str(source), source.parent.parent)
+    elif args.checkpoint or not _has_final_model(source):
+        checkpoint = latest_checkpoint(source)
+        if checkpoint is None:
+            raise UserError(
+                f"export: '{source}' has neither a final model (adapter_config.json / config.json) nor a "
+                f"complete checkpoint; pass a finished run or a checkpoints/step-N folder"
+            )
+    else:
+        checkpoint = None
+
+    if checkpoint is not None:
+        log.info("exporting checkpoint %s", checkpoint)
+        model, tokenizer, cfg, classifier = model_from_checkpoint(checkpoint)
+    elif args.merge:
+        model, tokenizer, cfg, classifier = _model_from_run(source)
+    else:  # the run's final artifacts already are the export: copy them
+        return _copy_run(source, out)
+    if args.merge:
+        model = _merge(model)
+    written = _write(model, tokenizer, out, classifier)
+    kind = "merged model" if args.merge or cfg.peft.method == "none" else "PEFT adapter"
+    print(f"Wrote {kind} to {out}/: {', '.join(sorted(written))}")
+    return 0
+
+
+def _model_from_run(run_dir: Path):
+    """The finished run's model: its base with the saved adapter loaded through PEFT."""
+    import torch
+    from peft import PeftModel
+
+    from llmft.models.loader import load_causal_lm, load_tokenizer, resolve_model
+
+    cfg = _load_run_config(run_dir)
+    if not (run_dir / "adapter_config.json").is_file():
+        raise UserError("export --merge: this run trained the model's own weights (no adapter); drop --merge")
+    source = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(source, cfg.model)
+    classifier = _classifier(run_dir, None, cfg)
+    base = load_causal_lm(source, cfg.model, torch.device("cpu"), classifier)
+    return PeftModel.from_pretrained(base, run_dir), tokenizer, cfg, classifier
+
+
+def _copy_run(run_dir: Path, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    copied = []
+    for item in sorted(run_dir.iterdir()):
+        if item.name in _RUN_ONLY or item.suffix == ".png" or item.name.startswith("."):
+            continue
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
+        copied.append(item.name)
+    (out / EXPORT_MARKER).write_text("llmft export\n", encoding="utf-8")
+    print(f"Wrote {out}/: {', '.join(copied)}")
+    return 0

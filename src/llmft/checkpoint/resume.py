@@ -1,0 +1,66 @@
+"""Which config changes a resumed run may make: the ones that break it are errors, the rest warnings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llmft.checkpoint.state import CheckpointInfo
+from llmft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Changing these makes the checkpoint meaningless for this run: other weights or parameter names
+# (model, method, freezing, head), another data stream (data, seed), or another step <-> sample mapping
+# and schedule (global batch).
+BREAKING = ("model.", "peft.", "freeze.", "head.", "task", "data.", "train.seed", "train.batch_size")
+# Never compared: where the run is written.
+IGNORED = ("output_dir",)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted names of the fields whose values differ (a field only one side has counts too)."""
+    old, new = _flatten(saved), _flatten(current)
+    return sorted(
+        k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(IGNORED)
+    )
+
+
+def check_resume_config(info: CheckpointInfo, current: dict[str, Any], world_size: int) -> list[str]:
+    """Refuse a resume that cannot continue the checkpoint's run; warn about harmless changes.
+
+    Returns the warnings (also logged). A different number of processes or strategy is allowed: DCP
+    reshards the state and the data position is kept in samples, but the losses then differ from the
+    uninterrupted run by reduction order (and by dropout, drawn per rank).
+    """
+    changes = config_changes(info.config, current)
+    breaking = [k for k in changes if k.startswith(BREAKING)]
+    if breaking:
+        shown = ", ".join(
+            f"{k} ({_flatten(info.config).get(k)!r} -> {_flatten(current).get(k)!r})" for k in breaking[:4]
+        )
+        raise UserError(
+            f"--resume: {info.path} was written with other settings that it cannot continue under: {shown}; "
+            f"resume with the checkpoint's own settings ({info.path / 'llmft_config.yaml'}) or start a new run"
+        )
+    warnings = []
+    if changes:
+        warnings.append(f"resuming with changed settings: {', '.join(changes)}")
+    saved_world = int(info.state.get("world_size", world_size))
+    if saved_world != world_size:
+        warnings.append(
+            f"resuming on {world_size} process(es) a run saved by {saved_world}: the state is resharded; "
+            f"losses match the uninterrupted run only up to reduction order"
+        )
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings

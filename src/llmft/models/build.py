@@ -1,0 +1,59 @@
+"""The trainable model of a config: base weights, activation checkpointing, head, PEFT method, freezing.
+
+``llmft finetune`` builds it to train, ``llmft export`` to load a checkpoint's weights into it: one
+function, so both see the same parameter names.
+"""
+
+from __future__ import annotations
+
+from llmft.config import Config
+from llmft.distributed.env import DistEnv
+from llmft.distributed.loading import load_sharded
+from llmft.models.heads import ClassifierSpec, attach_head
+from llmft.models.loader import load_causal_lm
+from llmft.peft.freeze import apply_freeze
+from llmft.peft.methods import apply_method
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder block in backward (non-reentrant, so frozen inputs need no grad hook).
+
+    Newer transformers 5 releases renamed the method; older ones (the GPU image's 5.17) have only the
+    first name.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def prepare_model(model, cfg: Config, classifier: ClassifierSpec | None, checkpointing: bool = True):
+    """Turn the loaded base into the model that trains (same order whether sharded or not)."""
+    from transformers import set_seed
+
+    if checkpointing and cfg.train.gradient_checkpointing:
+        # Before the adapters: the base model owns the decoder blocks that recompute; and before
+        # sharding, so that each block recomputes inside its own FSDP unit.
+        enable_activation_checkpointing(model)
+    # Seeded here, just before the first random draw of the run (adapter init; then dropout), so
+    # that nothing before it (a preset materialised on first use, say) shifts the stream.
+    set_seed(cfg.train.seed)
+    if classifier is not None:
+        model = attach_head(model, classifier)
+    # The method decides what trains (adapters; or every weight), then the freeze strategy narrows it.
+    return apply_freeze(apply_method(model, cfg.peft, cfg.task), cfg.freeze)
+
+
+def build_model(
+    cfg: Config, source, env: DistEnv, classifier: ClassifierSpec | None, checkpointing: bool = True
+):
+    """Load the base and prepare it; under FSDP every rank builds on meta, shards, and rank 0 alone reads
+    the weights (:mod:`llmft.distributed.loading`)."""
+
+    def prepare(model):
+        return prepare_model(model, cfg, classifier, checkpointing)
+
+    if env.strategy == "fsdp":
+        return load_sharded(source, cfg.model, prepare, cfg.distributed.fsdp, env, classifier)
+    return prepare(load_causal_lm(source, cfg.model, env.device, classifier))

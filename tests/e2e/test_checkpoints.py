@@ -1,0 +1,383 @@
+"""Step checkpoints for real: resume equality, signals, SIGKILL at random moments, export, bad input.
+
+Every comparison is against the uninterrupted run with the same settings, in fp32 and with LoRA
+dropout on (so the restored random state matters): the per-step losses must be identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from helpers import run_cli
+from llmft.checkpoint.state import latest_checkpoint
+from llmft.config import build_config
+from llmft.finetune import finetune
+from llmft.train.trainer import EXIT_PREEMPTED, Preempted, Trainer
+
+COMMON = {
+    "train.max_steps": 6,
+    "train.precision": "fp32",
+    "train.batch_size": 4,
+    "train.micro_batch_size": 2,
+    "train.eval_every": 3,
+    "train.progress": False,
+    "data.max_samples": 40,
+    "checkpoint.every_steps": 2,
+    "checkpoint.keep": 3,
+    "generation.max_new_tokens": 4,
+    "logging.tensorboard": False,
+    "logging.plot": False,
+}
+LORA = {"train.lr": 1e-2}
+FULL = {"peft.method": "none", "train.lr": 1e-3}
+TEXTS = ["“Well done is better than well said.” ― Benjamin Franklin", "“Know thyself.”"]
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _rows(out) if "loss" in r}
+
+
+def _evals(out: Path) -> dict[int, float]:
+    return {r["step"]: r["eval_loss"] for r in _rows(out) if "eval_loss" in r}
+
+
+def _run(out: Path, settings: dict, resume: str | None = None):
+    return finetune(build_config({}, {**settings, "output_dir": str(out)}), resume=resume)
+
+
+def _flags(settings: dict) -> list[str]:
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value).lower())]
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _stop_after(monkeypatch, step: int, sig: int = signal.SIGUSR1) -> None:
+    """Send this process a real ``sig`` right after optimizer step ``step`` (as a scheduler would)."""
+    original = Trainer.train_step
+
+    def train_step(self, micro_batches):
+        result = original(self, micro_batches)
+        if result.step == step:
+            os.kill(os.getpid(), sig)
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+@pytest.fixture(scope="module")
+def straight_lora(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "lora"
+    _run(out, {**COMMON, **LORA})
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight_full(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "full"
+    _run(out, {**COMMON, **FULL})
+    return out
+
+
+def test_checkpoints_hold_the_whole_state_and_only_the_last_k_stay(straight_lora):
+    folder = straight_lora / "checkpoints"
+    # every 2 steps of 6, keep 3: steps 2, 4 and 6 (also the end); nothing half-written is left.
+    assert sorted(p.name for p in folder.iterdir()) == ["latest", "step-000002", "step-000004", "step-000006"]
+    assert (folder / "latest").read_text().strip() == "step-000006"
+    assert latest_checkpoint(straight_lora) == folder / "step-000006"
+    step4 = folder / "step-000004"
+    state = json.loads((step4 / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["world_size"] == 1 and state["reason"] == "interval"
+    assert state["summary"]["losses"] == pytest.approx(list(_losses(straight_lora).values())[:4], abs=0)
+    assert (step4 / "rng" / "rank-00000.json").is_file() and (step4 / "llmft_config.yaml").is_file()
+    from safetensors.torch import load_file
+
+    (shard,) = (step4 / "state").glob("*.safetensors")
+    tensors = load_file(shard)
+    assert any(k.startswith("model.") and "lora_A" in k for k in tensors)
+    assert any(k.startswith("optim.state.") and k.endswith("exp_avg_sq") for k in tensors)
+    # Only trainable weights: the frozen base is not duplicated into every checkpoint.
+    assert not any("embed_tokens" in k for k in tensors)
+
+
+def test_lora_stopped_by_a_signal_resumes_in_place_with_identical_losses(
+    tmp_path, monkeypatch, straight_lora
+):
+    out = tmp_path / "run"
+    _stop_after(monkeypatch, 3)
+    with pytest.raises(Preempted) as stop:
+        _run(out, {**COMMON, **LORA})
+    assert stop.value.step == 3 and stop.value.signal_name == "SIGUSR1"
+    assert stop.value.checkpoint == out / "checkpoints" / "step-000003"
+    assert not (out / "adapter_config.json").exists()  # stopped before the final artifacts
+    monkeypatch.undo()
+    _run(out, {**COMMON, **LORA}, resume="auto")
+    assert _losses(out) == _losses(straight_lora)  # bit-identical, steps 1-6, one row each
+    assert _evals(out) == _evals(straight_lora)
+    assert [r["step"] for r in _rows(out) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_full_finetune_resumed_from_a_checkpoint_into_a_new_folder(tmp_path, straight_full):
+    out = tmp_path / "continued"
+    _run(out, {**COMMON, **FULL}, resume=str(straight_full / "checkpoints" / "step-000002"))
+    expected = {s: v for s, v in _losses(straight_full).items() if s > 2}
+    assert _losses(out) == expected
+    # The exported final models are the same weights.
+    a = AutoModelForCausalLM.from_pretrained(straight_full)
+    b = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert torch.equal(_logits(a, tokenizer), _logits(b, tokenizer))
+
+
+def test_a_resume_after_the_end_changes_nothing_and_more_epochs_continue(tmp_path, straight_lora):
+    out = tmp_path / "again"
+    _run(out, {**COMMON, **LORA}, resume=str(straight_lora))  # its latest checkpoint is the end
+    assert _losses(out) == {}  # nothing left to train; the model is written again
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def _cli_flags(settings: dict, out: Path) -> list[str]:
+    return [*_flags(settings), "--output_dir", str(out)]
+
+
+def _launch(settings: dict, out: Path, *extra: str) -> subprocess.Popen:
+    command = [str(Path(sys.executable).with_name("llmft")), "finetune", *_cli_flags(settings, out), *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(out: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "metrics.jsonl").is_file() and any(s >= step for s in _steps_logged(out)):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {process.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError("no progress")
+
+
+def _steps_logged(out: Path) -> list[int]:
+    steps = []
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        with contextlib.suppress(ValueError):  # a line cut short by a kill
+            steps.append(json.loads(line).get("step", 0))
+    return steps
+
+
+LONG = {**COMMON, **LORA, "train.max_steps": 12, "train.eval_every": 0, "checkpoint.every_steps": 0,
+        "checkpoint.at_epoch_end": False}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight_long(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "long"
+    _run(out, LONG)
+    return out
+
+
+def test_sigterm_saves_exits_75_and_resume_finishes_with_the_same_losses(tmp_path, straight_long):
+    out = tmp_path / "run"
+    process = _launch(LONG, out)
+    _wait_for_step(out, 2, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == EXIT_PREEMPTED, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("llmft: stopped by SIGTERM after step") and "--resume auto" in last
+    checkpoint = latest_checkpoint(out)
+    assert checkpoint is not None
+    stopped_at = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    assert (
+        2 <= stopped_at < 12
+        and json.loads((checkpoint / "trainer_state.json").read_text())["reason"] == "preempted"
+    )
+    result = run_cli("finetune", *_cli_flags(LONG, out), "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming from {checkpoint} at step {stopped_at}" in result.stderr
+    assert _losses(out) == _losses(straight_long)
+
+
+def _step(checkpoint: Path | None) -> int:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["step"] if checkpoint else 0
+
+
+def test_sigkill_at_random_moments_always_resumes_from_the_last_complete_checkpoint(tmp_path, straight_long):
+    """Killed four times, once while a checkpoint is being written, the run still ends with the
+    uninterrupted run's losses; each restart continues from the newest complete checkpoint."""
+    settings = {**LONG, "checkpoint.every_steps": 1, "checkpoint.keep": 2}
+    out = tmp_path / "run"
+    rng = random.Random(7)
+    kills = 0
+    for attempt in range(4):
+        before = _step(latest_checkpoint(out) if out.exists() else None)
+        process = _launch(settings, out, "--resume", "auto")
+        staging = out / "checkpoints"
+        if attempt == 1:  # during a save: the moment a staging folder appears
+            deadline = time.monotonic() + 300
+            while not (staging.is_dir() and list(staging.glob(".tmp-step-*"))):
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.001)
+        else:
+            # A row for step before+2 means the checkpoint of step before+1 is complete (rows of the
+            # killed attempt reach at most before+1); then kill at a random moment.
+            _wait_for_step(out, before + 2, process)
+            time.sleep(rng.uniform(0.0, 0.5))
+        process.kill()
+        process.wait()
+        if process.returncode == 0:
+            break  # finished before the kill landed
+        kills += 1
+        after = latest_checkpoint(out)
+        assert after is not None and _step(after) >= before + (attempt != 1)
+        state = json.loads((after / "trainer_state.json").read_text())
+        assert set(state) >= {"step", "epoch", "scheduler", "summary"}  # complete and readable
+    assert kills >= 3
+    result = run_cli("finetune", *_cli_flags(settings, out), "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _losses(out) == _losses(straight_long)
+
+
+# -------------------------------------------------------------------------------------------------
+# Export
+
+
+def test_export_of_a_checkpoint_loads_in_plain_peft_with_the_runs_logits(tmp_path, straight_lora):
+    out = tmp_path / "adapter"
+    result = run_cli("export", str(straight_lora / "checkpoints" / "step-000006"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    exported = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
+    final = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), straight_lora)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert torch.equal(_logits(exported, tokenizer), _logits(final, tokenizer))
+    # A mid-run checkpoint is another model.
+    mid = tmp_path / "mid"
+    assert (
+        run_cli("export", str(straight_lora / "checkpoints" / "step-000002"), "--out", str(mid)).returncode
+        == 0
+    )
+    earlier = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), mid)
+    assert not torch.allclose(_logits(earlier, tokenizer), _logits(final, tokenizer))
+
+
+def test_export_of_a_full_finetune_checkpoint_is_an_hf_model_folder(tmp_path, straight_full):
+    out = tmp_path / "model"
+    result = run_cli("export", str(straight_full), "--checkpoint", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "config.json").is_file() and (out / "generation_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    final = AutoModelForCausalLM.from_pretrained(straight_full)
+    assert torch.equal(_logits(exported, tokenizer), _logits(final, tokenizer))
+    # --out is never overwritten without --overwrite, and only an earlier export.
+    again = run_cli("export", str(straight_full), "--checkpoint", "--out", str(out))
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr
+    assert (
+        run_cli("export", str(straight_full), "--checkpoint", "--out", str(out), "--overwrite").returncode
+        == 0
+    )
+    stranger = tmp_path / "mine"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    refused = run_cli("export", str(straight_full), "--out", str(stranger), "--overwrite")
+    assert refused.returncode == 2 and "not written by llmft export" in refused.stderr
+    assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+def test_export_of_a_finished_run_copies_its_model_without_run_files(tmp_path, straight_lora):
+    out = tmp_path / "copy"
+    assert run_cli("export", str(straight_lora), "--out", str(out)).returncode == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
+    assert not names & {"checkpoints", "metrics.jsonl", "train.log", "summary.json"}
+
+
+# -------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def _one_line_error(result) -> str:
+    """The error: one line, the last, no traceback, and before any work (no training was set up)."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("llmft: error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "training:" not in result.stderr
+    return errors[0]
+
+
+def _copy_checkpoint(source: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "run" / "checkpoints" / source.name
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_truncated_checkpoint_file_is_named_in_one_line(tmp_path, straight_lora):
+    checkpoint = _copy_checkpoint(straight_lora / "checkpoints" / "step-000004", tmp_path)
+    (shard,) = (checkpoint / "state").glob("*.safetensors")
+    shard.write_bytes(shard.read_bytes()[:-100])
+    result = run_cli(
+        "finetune", *_cli_flags({**COMMON, **LORA}, tmp_path / "new"), "--resume", str(checkpoint)
+    )
+    line = _one_line_error(result)
+    assert str(shard) in line and "truncated" in line
+    export = run_cli("export", str(checkpoint), "--out", str(tmp_path / "x"))
+    assert str(shard) in _one_line_error(export)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: (c / "trainer_state.json").unlink(), "is not a complete checkpoint"),
+        (lambda c: (c / "trainer_state.json").write_text("{not json"), "trainer_state.json' is corrupted"),
+        (lambda c: (c / "optimizer_groups.json").unlink(), "optimizer_groups.json' is missing"),
+    ],
+)
+def test_damaged_checkpoint_metadata_is_one_line(tmp_path, straight_lora, damage, message):
+    checkpoint = _copy_checkpoint(straight_lora / "checkpoints" / "step-000004", tmp_path)
+    damage(checkpoint)
+    result = run_cli(
+        "finetune", *_cli_flags({**COMMON, **LORA}, tmp_path / "new"), "--resume", str(checkpoint)
+    )
+    assert message in _one_line_error(result)
+
+
+def test_resume_refuses_a_breaking_change_and_warns_about_a_harmless_one(tmp_path, straight_lora):
+    checkpoint = str(straight_lora / "checkpoints" / "step-000004")
+    changed = {**COMMON, **LORA, "peft.lora.r": 4}
+    line = _one_line_error(run_cli("finetune", *_cli_flags(changed, tmp_path / "a"), "--resume", checkpoint))
+    assert "peft.lora.r (16 -> 4)" in line
+    missing = _one_line_error(
+        run_cli("finetune", *_cli_flags(COMMON, tmp_path / "b"), "--resume", str(tmp_path))
+    )
+    assert "holds no complete checkpoint" in missing
+    harmless = {**COMMON, **LORA, "train.log_every": 2}
+    result = run_cli("finetune", *_cli_flags(harmless, tmp_path / "c"), "--resume", checkpoint)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming with changed settings: train.log_every" in result.stderr
+    assert [s for s in _losses(tmp_path / "c")] == [6]  # log_every 2 from step 5: the last step is logged
