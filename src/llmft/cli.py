@@ -241,7 +241,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         result = finetune(config, overwrite=args.overwrite, resume=args.resume)
     except Preempted as stop:
         if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process
-            print(f"llmft: {stop}; continue with --resume auto (exit status {EXIT_PREEMPTED})", file=sys.stderr)
+            print(
+                f"llmft: {stop}; continue with --resume auto (exit status {EXIT_PREEMPTED})", file=sys.stderr
+            )
         return EXIT_PREEMPTED
     if result.is_main:  # one report per run, not one per process
         print(result.report())

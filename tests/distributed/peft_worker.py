@@ -62,12 +62,9 @@ PROBE = torch.tensor([[1, 50, 300, 7, 900, 12, 44, 101], [1, 60, 61, 62, 63, 64,
 
 def _base_for_reload(cfg):
     """The base a user reloads the adapter onto: as the run loaded it (bitsandbytes on one process or
-    DDP; the same torchao NF4 codes for an FSDP 4-bit run)."""
-    source = resolve_model(cfg.model)
-    if cfg.distributed.strategy == "fsdp" and cfg.model.quantization == "4bit":
-        model_cfg = cfg.model.model_copy(update={"quant_backend": "torchao"})
-        return load_causal_lm(source, model_cfg, torch.device("cpu"))
-    return load_causal_lm(source, cfg.model, torch.device("cpu"))
+    DDP; the same torchao NF4 codes, on one process, for an FSDP 4-bit run)."""
+    # The run config names the resolved 4-bit backend (torchao under FSDP), so this is the run's base.
+    return load_causal_lm(resolve_model(cfg.model), cfg.model, torch.device("cpu"))
 
 
 def run_case(name: str, settings: dict, out: Path, strategy: str) -> dict | None:

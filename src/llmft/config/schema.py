@@ -597,10 +597,12 @@ class Config(_Section):
                 f"model.quant_backend {model.quant_backend} under strategy {strategy}: FSDP shards "
                 f"torchao's NF4 and DDP replicates bitsandbytes' 4-bit weights; use --model.quant_backend auto"
             )
-        torchao = model.quantization == "4bit" and (
-            model.quant_backend == "torchao" or (model.quant_backend == "auto" and strategy == "fsdp")
-        )
-        if torchao:
+        if model.quantization == "4bit" and model.quant_backend == "auto":
+            # Resolved here, so the written run config says which 4-bit format the adapter was trained
+            # on: export and reload then rebuild the same base (torchao's NF4 codes differ from
+            # bitsandbytes'). Set without re-validating, as above.
+            object.__setattr__(model, "quant_backend", "torchao" if strategy == "fsdp" else "bitsandbytes")
+        if model.quantization == "4bit" and model.quant_backend == "torchao":
             if model.quant_type != "nf4":
                 raise ValueError(
                     f"model.quant_type {model.quant_type} with torchao (FSDP's 4-bit base): it has only "

@@ -86,12 +86,13 @@ def prepare_kbit(model: nn.Module) -> nn.Module:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def is_quantized(model: nn.Module) -> bool:
-    """Whether any weight of ``model`` is stored quantized (bitsandbytes or torchao NF4)."""
-    return any(is_quantized_tensor(p) for p in model.parameters())
+def is_bnb_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds bitsandbytes 4-bit or 8-bit weights."""
+    return any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
 
 
 def is_quantized_tensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` (or an FSDP shard of it) is a quantized weight: bitsandbytes or torchao NF4."""
     from torch.distributed.tensor import DTensor
 
     if isinstance(tensor, DTensor):

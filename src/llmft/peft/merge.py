@@ -14,6 +14,7 @@ batch.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -88,7 +89,9 @@ def merge_adapter(model: nn.Module, dtype: torch.dtype | None = None) -> tuple[n
         for name, tensor in fresh.state_dict().items():
             tensor.copy_(_base_tensor(base, name, adapter))
     # ... then PEFT's adapter on it, with the trained adapter weights, merged by PEFT.
-    fresh_peft = get_peft_model(fresh, copy.deepcopy(config))
+    with warnings.catch_warnings():  # peft calls a method transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        fresh_peft = get_peft_model(fresh, copy.deepcopy(config))
     result = set_peft_model_state_dict(fresh_peft, get_peft_model_state_dict(model, adapter_name=adapter))
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"adapter weights did not fit the fresh model: {result.unexpected_keys[:3]}")

@@ -103,15 +103,13 @@ def _task_type(task: str) -> str:
 def _peft_model(model: nn.Module, config) -> nn.Module:
     from peft import get_peft_model
 
-    from llmft.models.quantize import is_quantized, prepare_kbit
+    from llmft.models.quantize import is_bnb_quantized, prepare_kbit
 
-    if is_quantized(model) and any(
-        type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters()
-    ):
-        model = prepare_kbit(model)  # bitsandbytes base; torchao NF4 (FSDP) keeps model.dtype, as torchtune
     with warnings.catch_warnings():
         # peft calls a transformers method that transformers 5 deprecates; nothing for users to do.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if is_bnb_quantized(model):  # torchao NF4 (FSDP) keeps model.dtype elsewhere, as torchtune does
+            model = prepare_kbit(model)
         return get_peft_model(model, config)
 
 
