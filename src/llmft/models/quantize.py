@@ -18,8 +18,10 @@ subclasses (int8 weight-only), which NF4Tensor is not, and it adds nothing for t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -216,3 +218,33 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
 
         return dequantize_module_weight(module).detach()
     return weight.detach()
+
+
+@contextlib.contextmanager
+def without_quantization_state(model: nn.Module) -> Iterator[None]:
+    """Hide bitsandbytes' quantization state from ``model.state_dict()`` for the duration.
+
+    bitsandbytes layers add their frozen state to the state dict under names that are not module
+    attributes (``SCB``, ``weight_format``, ``weight.absmax``, ...): DCP's ``get_state_dict`` resolves
+    every name and failed on 8-bit layers, and on 4-bit ones it would save the frozen scales into every
+    checkpoint, whose design is to hold only what trains. Checkpoint save, resume and export read the
+    trainable state inside this context; the layers' own weight and bias names stay.
+    """
+
+    def drop_quantization_state(module, state_dict, prefix, local_metadata) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            if key[len(prefix) :] not in ("weight", "bias"):
+                del state_dict[key]
+
+    handles = []
+    for module in model.modules():
+        if type(module).__name__ in ("Linear4bit", "Linear8bitLt") and not hasattr(module, "get_base_layer"):
+            register = (
+                getattr(module, "register_state_dict_post_hook", None) or module._register_state_dict_hook
+            )
+            handles.append(register(drop_quantization_state))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
