@@ -136,3 +136,26 @@ def test_fsdp_4bit_on_one_shard_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "--distributed.strategy single --model.quant_backend torchao" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fsdp_qlora_and_prompt_tuning_resume_with_identical_losses(tmp_path):
+    """A 2-rank run of each resumed from its step-2 checkpoint repeats steps 3-4 exactly (torchao NF4
+    base; prompt tuning's replicated encoder and unsharded embedding)."""
+    flags = ["--distributed.strategy", "fsdp", "--train.max_steps", "4", "--train.eval_every", "0",
+             "--data.max_samples", "32", "--train.batch_size", "4", "--train.micro_batch_size", "2",
+             "--generation.max_new_tokens", "2", "--logging.tensorboard", "false", "--logging.plot", "false",
+             "--train.progress", "false", "--train.precision", "fp32", "--checkpoint.every_steps", "2",
+             "--train.lr", "1e-2"]  # fmt: skip
+    for method in ("qlora", "prompt"):
+        whole, resumed = tmp_path / f"{method}-whole", tmp_path / f"{method}-resumed"
+        first = run_torchrun(
+            2, "-m", "llmft", "finetune", "--peft.method", method, *flags, "--output_dir", str(whole)
+        )
+        assert first.returncode == 0, first.stderr[-3000:]
+        checkpoint = whole / "checkpoints" / "step-000002"
+        second = run_torchrun(2, "-m", "llmft", "finetune", "--peft.method", method, *flags,
+                              "--output_dir", str(resumed), "--resume", str(checkpoint))  # fmt: skip
+        assert second.returncode == 0, second.stderr[-3000:]
+        losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                   if "loss" in json.loads(line)] for run in (whole, resumed)]  # fmt: skip
+        assert losses[1] == losses[0][2:], (method, losses)
