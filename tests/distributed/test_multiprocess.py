@@ -374,13 +374,15 @@ def test_a_misconfigured_torchrun_launch_fails_in_every_process_before_joining(t
     assert not (tmp_path / "never").exists()
 
 
-def test_shim_refuses_quantization_in_one_line():
+def test_shim_8bit_under_fsdp_is_one_line_naming_the_fix():
+    """llama-recipes' bare --quantization means 8-bit, which FSDP cannot shard: one line, before work."""
     result = subprocess.run(
         [torchrun_command(1)[0], str(REPO / "fsdp_finetuning.py"), "--quantization", "--train_strategy", "fsdp"],
         capture_output=True, text=True, env=dist_env(), timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith(
-        "llmft: error: --quantization: quantized (QLoRA) bases are not supported yet"
+        "llmft: error: config error: model.quantization 8bit cannot be sharded by FSDP"
     )
+    assert "use --model.quantization 4bit" in result.stderr
     assert result.stderr.count("\n") == 1

@@ -83,15 +83,35 @@ def test_fsdp_config_flags(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--quantization", "4bit"], "4bit"),
+        (["--quantization=8bit"], "8bit"),
+        (["--quantization"], "8bit"),  # older llama-recipes: a boolean flag meaning 8-bit
+        (["--quantization", "--use_peft"], "8bit"),
+        (["--quantization", "false"], "none"),
+    ],
+)
+def test_quantization_flag_old_and_new(argv, expected):
+    cfg = _config([*argv, "--use_peft"])
+    assert cfg.model.quantization == expected and cfg.peft.method == "lora"
+
+
+@pytest.mark.parametrize("method", ["llama_adapter", "prefix"])
+def test_peft_methods_of_llama_recipes_map_by_name(method):
+    argv = translate(["--use_peft", "--peft_method", method, "--enable_fsdp"], world_size=2)
+    assert argv[argv.index("--peft.method") + 1] == method
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--quantization"], "--quantization: quantized (QLoRA) bases are not supported yet"),
-        (["--quantization", "--train_strategy", "fsdp"], "not supported yet"),
+        (["--quantization=2bit"], "--quantization: expected 4bit or 8bit, got .2bit."),
+        (["--peft_method", "adalora"], "llama-recipes' methods are lora, llama_adapter, prefix"),
         (["--freeze_layers", "--use_peft"], "--freeze_layers applies to full fine-tuning"),
         (["--num_freeze_layers", "2"], "--num_freeze_layers needs --freeze_layers"),
         (["--dataset", "samsum_dataset"], "llmft does not bundle samsum"),
         (["--dataset", "custom_dataset"], "pass --data.path FILE"),
-        (["--peft_method", "llama_adapter"], "llmft supports lora so far"),
         (["--batching_strategy", "tight"], "'tight' is not one of padding, packing"),
         (["--train_strategy", "deepspeed"], "'deepspeed' is not one of single, ddp, fsdp"),
         (["--enable_fsdp", "--train_strategy", "ddp"], "contradicts --train_strategy ddp"),

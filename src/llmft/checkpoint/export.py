@@ -115,8 +115,11 @@ def model_from_checkpoint(checkpoint: Path):
     classifier = _classifier(checkpoint, run_dir, cfg)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     model = build_model(cfg, source, env, classifier, checkpointing=False)
+    from llmft.models.quantize import without_quantization_state
+
     options = StateDictOptions(ignore_frozen_params=True)
-    weights = {f"model.{k}": v for k, v in get_model_state_dict(model, options=options).items()}
+    with without_quantization_state(model):  # a bitsandbytes base's frozen scales
+        weights = {f"model.{k}": v for k, v in get_model_state_dict(model, options=options).items()}
     try:
         dcp.load(weights, storage_reader=HuggingFaceStorageReader(str(checkpoint / STATE_DIR)))
     except Exception as exc:
@@ -125,7 +128,8 @@ def model_from_checkpoint(checkpoint: Path):
     # Not strict: the frozen base is not in the checkpoint (it came from its source above); every
     # trainable weight was, or dcp.load would have failed.
     loaded = {k[len("model.") :]: v for k, v in weights.items()}
-    set_model_state_dict(model, loaded, options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    with without_quantization_state(model):
+        set_model_state_dict(model, loaded, options=StateDictOptions(ignore_frozen_params=True, strict=False))
     return model, tokenizer, cfg, classifier
 
 

@@ -196,8 +196,11 @@ def _state_dicts(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
+    from llmft.models.quantize import without_quantization_state
+
     options = StateDictOptions(ignore_frozen_params=True, flatten_optimizer_state_dict=True)
-    model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer, options=options)
+    with without_quantization_state(trainer.model):  # a bitsandbytes base's frozen scales
+        model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer, options=options)
     tensors = {f"model.{k}": v for k, v in model_sd.items()}
     settings = {}
     for key, value in optim_sd.items():
@@ -379,14 +382,17 @@ def load_tensors(trainer: Trainer, path: Path) -> dict[str, Any]:
         template_settings[key] = value
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_sd = {k[len("optim.") :]: v for k, v in tensors.items() if k.startswith("optim.")}
+    from llmft.models.quantize import without_quantization_state
+
     options = StateDictOptions(ignore_frozen_params=True, flatten_optimizer_state_dict=True, strict=False)
-    set_state_dict(
-        trainer.model,
-        trainer.optimizer,
-        model_state_dict=model_sd,
-        optim_state_dict={**optim_sd, **template_settings},
-        options=options,
-    )
+    with without_quantization_state(trainer.model):
+        set_state_dict(
+            trainer.model,
+            trainer.optimizer,
+            model_state_dict=model_sd,
+            optim_state_dict={**optim_sd, **template_settings},
+            options=options,
+        )
     trainer.scheduler.load_state_dict(info.state["scheduler"])
     rng_file = path / RNG_DIR / f"rank-{trainer.env.rank:05d}.json"
     if rng_file.is_file():

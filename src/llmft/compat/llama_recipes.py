@@ -24,8 +24,9 @@ _BOOLEAN = {
     "fsdp_config.fsdp_activation_checkpointing",
     "fsdp_config.fsdp_cpu_offload",
     "freeze_layers",
-    "quantization",
 }
+# --quantization: 4bit | 8bit in llama-recipes since 2024; a bare boolean flag (8-bit) before that.
+_QUANTIZATION = {"4bit", "8bit"}
 _VALUED = {
     "model_name",
     "dataset",
@@ -43,6 +44,9 @@ _VALUED = {
     "seed",
     "fsdp_config.sharding_strategy",
 }
+# llama-recipes' --peft_method values; llmft's peft.method has the same names (and trains all of them
+# under FSDP, where llama-recipes refuses llama_adapter and prefix).
+_PEFT_METHODS = ("lora", "llama_adapter", "prefix")
 # llama-recipes dataset names -> llmft data formats.
 DATASETS = {
     "alpaca_dataset": "alpaca",
@@ -76,7 +80,14 @@ def _parse(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
         if not token.startswith("--"):
             raise UserError(f"unexpected argument '{token}'; flags look like --name VALUE")
         name, has_value, value = token[2:].partition("=")
-        if name in _BOOLEAN:
+        if name == "quantization":
+            if not has_value and i < len(tokens) and tokens[i].lower() in _QUANTIZATION | _TRUE | _FALSE:
+                value, has_value, i = tokens[i], True, i + 1
+            value = value.lower() if has_value else "8bit"
+            if value not in _QUANTIZATION | _TRUE | _FALSE:
+                raise UserError(f"--quantization: expected 4bit or 8bit, got '{value}'")
+            recipes[name] = "8bit" if value in _TRUE else False if value in _FALSE else value
+        elif name in _BOOLEAN:
             if not has_value and i < len(tokens) and tokens[i].lower() in _TRUE | _FALSE:
                 value, has_value, i = tokens[i], True, i + 1
             recipes[name] = _boolean(name, value) if has_value else True
@@ -136,10 +147,10 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
     out: list[str] = []
 
     if recipes.get("quantization"):
-        raise UserError(
-            "--quantization: quantized (QLoRA) bases are not supported yet; drop --quantization to "
-            "fine-tune the base in its stored dtype (--model.dtype bfloat16 halves its memory)"
-        )
+        # llama-recipes' 4-bit is bitsandbytes NF4 with double quantization and bf16 compute (llmft's
+        # default compute dtype is model.dtype); its 8-bit is LLM.int8. Under FSDP llmft shards the
+        # 4-bit base as torchao NF4 (llama-recipes refuses quantization with FSDP).
+        out += ["--model.quantization", str(recipes["quantization"])]
     if recipes.get("freeze_layers"):
         if recipes.get("use_peft"):
             # llama-recipes ignores the freeze silently with PEFT (and without FSDP); llmft says so.
@@ -204,12 +215,15 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
 
     use_peft = recipes.get("use_peft")
     method = recipes.get("peft_method")
-    if method is not None and method != "lora":
-        raise UserError(f"--peft_method {method}: llmft supports lora so far; use --peft_method lora")
+    if method is not None and method not in _PEFT_METHODS:
+        raise UserError(
+            f"--peft_method {method}: llama-recipes' methods are {', '.join(_PEFT_METHODS)}; llmft also has "
+            f"--peft.method qlora, prompt, ia3"
+        )
     if use_peft is False and not recipes.get("freeze_layers"):
         out += ["--peft.method", "none"]
     elif use_peft or method:
-        out += ["--peft.method", "lora"]
+        out += ["--peft.method", method or "lora"]
 
     batching = recipes.get("batching_strategy")
     if batching is not None:

@@ -73,6 +73,24 @@ class ModelSection(_Section):
         description="Storage dtype of the base weights. Trainable weights (adapters) stay float32.",
     )
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel.")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none",
+        description="Quantize the frozen base: 4bit (QLoRA: bitsandbytes; torchao NF4 under FSDP) or 8bit "
+        "(bitsandbytes LLM.int8); needs a PEFT method. peft.method qlora sets 4bit.",
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4bit: the 4-bit data type (QLoRA's nf4).")
+    double_quant: bool = Field(
+        True,
+        description="4bit: quantize the per-block scales too (QLoRA's double quantization, ~0.4 bit/param).",
+    )
+    quant_backend: Literal["auto", "bitsandbytes", "torchao"] = Field(
+        "auto",
+        description="4bit: bitsandbytes (single, ddp) or torchao NF4 (single, fsdp); auto: torchao under "
+        "fsdp, else bitsandbytes. torchao on one process reproduces an FSDP run's quantization.",
+    )
+    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="4bit: dtype the dequantized weights multiply in; empty: model.dtype."
+    )
 
 
 class DataSection(_Section):
@@ -166,6 +184,10 @@ class LoraSection(_Section):
         description="Module names to adapt (e.g. [q_proj, v_proj]) or 'all-linear'.",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+    use_dora: bool = Field(
+        False, description="DoRA: also learn each weight column's magnitude (better at low rank, slower)."
+    )
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.")
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -183,11 +205,73 @@ class LoraSection(_Section):
         return value
 
 
+class PrefixSection(_Section):
+    """Prefix tuning (HF PEFT's PrefixTuningConfig): trained key/value prefixes in every layer."""
+
+    num_virtual_tokens: Int = Field(20, ge=1, description="Prefix length (virtual tokens) per layer.")
+    prefix_projection: bool = Field(
+        False, description="Reparametrise the prefix through a two-layer MLP (the paper's stabiliser)."
+    )
+    encoder_hidden_size: Int | None = Field(
+        None, ge=1, description="prefix_projection: the MLP's hidden width; empty: the model's hidden size."
+    )
+
+
+class PromptSection(_Section):
+    """Prompt tuning (HF PEFT's PromptTuningConfig): trained input embeddings before every sequence."""
+
+    num_virtual_tokens: Int = Field(20, ge=1, description="Soft prompt length (virtual tokens).")
+    init_text: str | None = Field(
+        None,
+        description="Initialise the soft prompt from this text's token embeddings (repeated to the length); "
+        "empty: random.",
+    )
+
+
+class LlamaAdapterSection(_Section):
+    """LLaMA-Adapter (HF PEFT's AdaptionPromptConfig): gated prompts in the top attention layers."""
+
+    adapter_len: Int = Field(10, ge=1, description="Adaption prompt tokens per adapted layer.")
+    adapter_layers: Int = Field(
+        30, ge=1, description="Adapt this many top layers (clamped to the model's layer count)."
+    )
+
+
+class Ia3Section(_Section):
+    """IA3 (HF PEFT's IA3Config): learned rescaling of keys, values and the feed-forward input."""
+
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["k_proj", "v_proj", "down_proj"],
+        description="Modules whose activations are rescaled (PEFT's LLaMA default: k_proj, v_proj, down_proj).",
+    )
+    feedforward_modules: list[str] = Field(
+        default_factory=lambda: ["down_proj"],
+        description="Those of target_modules whose input (not output) is rescaled; a subset of target_modules.",
+    )
+
+    @field_validator("target_modules", "feedforward_modules", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return LoraSection._split_commas(value)  # `--peft.ia3.target_modules k_proj,v_proj`
+
+
+# Methods that add virtual tokens (or prompts) to attention rather than changing weights.
+PROMPT_METHODS = ("prefix", "prompt", "llama_adapter")
+
+
 class PeftSection(_Section):
     """Parameter-efficient method; 'none' trains the model's own weights."""
 
-    method: Literal["lora", "none"] = Field("lora", description="'lora' or 'none' (full fine-tuning).")
+    method: Literal["lora", "qlora", "llama_adapter", "prefix", "prompt", "ia3", "none"] = Field(
+        "lora",
+        description="lora (with use_dora/use_rslora), qlora (lora on a 4-bit base), llama_adapter, prefix, "
+        "prompt, ia3, or none (full fine-tuning).",
+    )
     lora: LoraSection = Field(default_factory=LoraSection)
+    prefix: PrefixSection = Field(default_factory=PrefixSection)
+    prompt: PromptSection = Field(default_factory=PromptSection)
+    llama_adapter: LlamaAdapterSection = Field(default_factory=LlamaAdapterSection)
+    ia3: Ia3Section = Field(default_factory=Ia3Section)
 
 
 class TrainSection(_Section):
@@ -489,6 +573,90 @@ class Config(_Section):
                 )
             if self.data.batching == "packing":
                 raise ValueError("task classification pools one text per row: use data.batching padding")
+        return self
+
+    @model_validator(mode="after")
+    def _check_peft(self) -> Config:
+        """Method x quantization x strategy x data combinations that cannot work, named before any work."""
+        method, model, strategy = self.peft.method, self.model, self.distributed.strategy
+        if method == "qlora":
+            if "quantization" not in model.model_fields_set:
+                # qlora is lora on a quantized base; 4bit unless the config says otherwise. Set without
+                # re-validating the section (validate_assignment would run this check again).
+                object.__setattr__(model, "quantization", "4bit")
+            elif model.quantization == "none":
+                raise ValueError(
+                    "peft.method qlora is LoRA on a quantized base, but model.quantization is none; "
+                    "use --peft.method lora, or --model.quantization 4bit"
+                )
+        if model.quantization != "none" and method == "none":
+            raise ValueError(
+                f"model.quantization {model.quantization} freezes the base in {model.quantization}, so "
+                f"peft.method none has nothing to train; pick a PEFT method (e.g. --peft.method lora)"
+            )
+        if model.quantization != "4bit":
+            changed = [
+                f"model.{name}"
+                for name in ("quant_type", "double_quant", "compute_dtype", "quant_backend")
+                if getattr(model, name) != ModelSection.model_fields[name].default
+            ]
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} apply to model.quantization 4bit (now {model.quantization}); "
+                    f"add --model.quantization 4bit or drop them"
+                )
+        if strategy == "fsdp" and model.quantization == "8bit":
+            raise ValueError(
+                "model.quantization 8bit cannot be sharded by FSDP (bitsandbytes' int8 weights carry "
+                "row-wise state FSDP2 cannot split); use --model.quantization 4bit (sharded as torchao NF4) "
+                "or --distributed.strategy ddp"
+            )
+        wrong_strategy = "fsdp" if model.quant_backend == "bitsandbytes" else "ddp"
+        if model.quantization == "4bit" and model.quant_backend != "auto" and strategy == wrong_strategy:
+            raise ValueError(
+                f"model.quant_backend {model.quant_backend} under strategy {strategy}: FSDP shards "
+                f"torchao's NF4 and DDP replicates bitsandbytes' 4-bit weights; use --model.quant_backend auto"
+            )
+        if model.quantization == "4bit" and model.quant_backend == "auto":
+            # Resolved here, so the written run config says which 4-bit format the adapter was trained
+            # on: export and reload then rebuild the same base (torchao's NF4 codes differ from
+            # bitsandbytes'). Set without re-validating, as above.
+            object.__setattr__(model, "quant_backend", "torchao" if strategy == "fsdp" else "bitsandbytes")
+        if model.quantization == "4bit" and model.quant_backend == "torchao":
+            if model.quant_type != "nf4":
+                raise ValueError(
+                    f"model.quant_type {model.quant_type} with torchao (FSDP's 4-bit base): it has only "
+                    f"NF4; use --model.quant_type nf4, or bitsandbytes (--distributed.strategy ddp)"
+                )
+            if not model.double_quant:
+                raise ValueError(
+                    "model.double_quant false with torchao (FSDP's 4-bit base): its NF4 always quantizes "
+                    "the block scales; drop model.double_quant, or use bitsandbytes (--distributed.strategy ddp)"
+                )
+            if method in ("lora", "qlora") and self.peft.lora.use_dora:
+                raise ValueError(
+                    "peft.lora.use_dora on torchao's 4-bit base (FSDP's): PEFT cannot dequantize its NF4 "
+                    "weight for DoRA's norm; drop use_dora, or use bitsandbytes (--distributed.strategy ddp)"
+                )
+        if method in PROMPT_METHODS:
+            if self.data.batching == "packing":
+                raise ValueError(
+                    f"peft.method {method} puts its virtual tokens before every row, so packed documents "
+                    f"would all attend to one prompt and share position ids; use --data.batching padding"
+                )
+            if self.task == "classification":
+                raise ValueError(
+                    f"peft.method {method} with task classification: the classifier pools the last real "
+                    f"token, which virtual tokens shift; use lora or ia3 for classification"
+                )
+        if method == "ia3":
+            targets, feedforward = self.peft.ia3.target_modules, self.peft.ia3.feedforward_modules
+            extra = [name for name in feedforward if isinstance(targets, list) and name not in targets]
+            if extra:
+                raise ValueError(
+                    f"peft.ia3.feedforward_modules {extra} are not in peft.ia3.target_modules {targets}; "
+                    f"add them there or drop them"
+                )
         return self
 
     def resolved_output_dir(self) -> Path:

@@ -20,7 +20,8 @@ from torch import nn
 
 from llmft.config import FsdpSection, ModelSection
 from llmft.distributed.env import DistEnv
-from llmft.distributed.parallelize import apply_fsdp, hf_model
+from llmft.distributed.parallelize import apply_fsdp, average_unsharded_gradients, hf_model
+from llmft.errors import UserError
 from llmft.models.loader import ModelSource, load_causal_lm, model_skeleton
 
 log = logging.getLogger(__name__)
@@ -83,14 +84,22 @@ def load_sharded(
         RuntimeError: if a weight or buffer name differs between checkpoint and model, or anything is
             left on the meta device (a bug, not a user error).
     """
+    if model_cfg.quantization == "4bit":  # torchao NF4 (the config refuses bitsandbytes under FSDP)
+        return _load_sharded_nf4(source, model_cfg, prepare, fsdp_cfg, env, classifier)
     model = prepare(model_skeleton(source, model_cfg, classifier))
     apply_fsdp(model, fsdp_cfg, env.mesh)
     # Real (uninitialised) storage for this rank's shards: the full tensors never exist here.
     model.to_empty(device="cpu" if fsdp_cfg.cpu_offload else env.device)
 
+    # Prompt and prefix tuning's PeftModel holds the base's embedding a second time, as
+    # ``word_embeddings``: the state dict then has one tensor under two names, and DCP's broadcast
+    # fills only one of them (the other failed with "mixed torch.Tensor and DTensor"). It is taken out
+    # for the load and put back (the shared module gets its weights under its own name).
+    alias = model._modules.pop("word_embeddings", None)
     reference, full = None, {}
     if env.is_main:
         reference = prepare(load_causal_lm(source, model_cfg, torch.device("cpu"), classifier))
+        reference._modules.pop("word_embeddings", None)
         full = reference.state_dict()
     # Rank 0 alone can compare names; all ranks raise together rather than hang in the broadcast.
     shared = (
@@ -124,15 +133,63 @@ def load_sharded(
                 buffer.copy_(reference_buffers[name])
             dist.broadcast(buffer, src=0)
     del reference, full, reference_buffers
+    if alias is not None:
+        model._modules["word_embeddings"] = alias
 
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if _is_meta(t)]
     if left:
         raise RuntimeError(f"{len(left)} tensors were left on the meta device after loading: {left[:3]}")
+    average_unsharded_gradients(model, env)
     peaks = [None] * env.world_size
     dist.all_gather_object(peaks, round(_peak_host_mib()))
     log.info(
         "loaded on rank 0, sharded over %d processes; peak host memory at load: %s",
         env.world_size,
         ", ".join(f"rank {rank} {mib:,} MiB" for rank, mib in enumerate(peaks)),
+    )
+    return model
+
+
+def _load_sharded_nf4(
+    source: ModelSource,
+    model_cfg: ModelSection,
+    prepare: Callable[[nn.Module], nn.Module],
+    fsdp_cfg: FsdpSection,
+    env: DistEnv,
+    classifier=None,
+) -> nn.Module:
+    """A 4-bit base under FSDP: every rank loads the model on its CPU, quantizes the decoder blocks'
+    linear weights to torchao NF4 (deterministic, so every rank gets the same codes), applies the
+    transforms with the run's seed, and ``fully_shard`` keeps 1/world of the codes and scales on the
+    device. Not the rank-0 broadcast of full weights above: ``set_model_state_dict`` would send
+    full-precision tensors into NF4 shards, which ``NF4Tensor.copy_`` does not quantize for a DTensor
+    shard. The price is host memory: each rank holds one full-precision copy on the CPU while loading.
+    """
+    from llmft.models.quantize import quantize_nf4_, quantized_base_bytes
+
+    shards = env.mesh.size(env.mesh.ndim - 1) if env.mesh is not None else env.world_size
+    if shards == 1:
+        # FSDP2's one-rank shortcut (torch 2.13) skips the tensor-subclass all-gather hooks and hands
+        # NF4's post-all-gather one tensor instead of three: it crashed at the first forward.
+        raise UserError(
+            "model.quantization 4bit with distributed.strategy fsdp over 1 shard: FSDP2 cannot gather "
+            "torchao's NF4 weights on one rank; use --distributed.strategy single --model.quant_backend "
+            "torchao (the same 4-bit base), or launch 2 or more processes"
+        )
+    model = load_causal_lm(source, model_cfg, torch.device("cpu"), classifier, quantize=False)
+    quantize_nf4_(hf_model(model), shards)
+    model = prepare(model)
+    apply_fsdp(model, fsdp_cfg, env.mesh)  # moves each rank's shards to its device
+    average_unsharded_gradients(model, env)
+    nbytes, params = quantized_base_bytes(model)
+    shares = [None] * env.world_size
+    dist.all_gather_object(shares, nbytes)
+    log.info(
+        "4-bit base as torchao NF4, sharded over %d processes: %s of the quantized weights per rank "
+        "(%.3f bytes per local parameter); peak host memory at load %s MiB",
+        env.world_size,
+        ", ".join(f"{b / 2**20:.2f} MiB" for b in shares),
+        nbytes / max(params, 1),
+        f"{round(_peak_host_mib()):,}",
     )
     return model

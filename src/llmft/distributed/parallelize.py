@@ -84,7 +84,7 @@ def apply_fsdp(model: nn.Module, cfg: FsdpSection, mesh) -> nn.Module:
         fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, **options)
     # The root is all-gathered first in forward and used last (the head), so resharding it after
     # forward would only gather it again at once for backward: keep it, as torchtitan does.
-    fully_shard(hf_model(model), reshard_after_forward=False, **options)
+    fully_shard(hf_model(model), reshard_after_forward=False, ignored_params=_replicated(model), **options)
     log.info(
         "fsdp: %d %s units + root over mesh %s (param dtype %s, reduce float32%s%s)",
         len(blocks),
@@ -95,6 +95,42 @@ def apply_fsdp(model: nn.Module, cfg: FsdpSection, mesh) -> nn.Module:
         ", CPU offload" if cfg.cpu_offload else "",
     )
     return model
+
+
+def _replicated(model: nn.Module) -> set[nn.Parameter]:
+    """Frozen parameters kept whole on every rank instead of sharded: prompt tuning's PeftModel embeds
+    the input ids itself, before the FSDP root (the transformers model) gathers its weights, and FSDP2
+    lets no other unit run before the root; so the (frozen) input embedding stays unsharded."""
+    peft_model = unwrap(model)
+    config = getattr(peft_model, "active_peft_config", None)
+    if getattr(config, "is_prompt_learning", False) and str(config.peft_type) != "PREFIX_TUNING":
+        return set(hf_model(model).get_input_embeddings().parameters())
+    return set()
+
+
+def average_unsharded_gradients(model: nn.Module, env: DistEnv) -> list[str]:
+    """Average over the ranks the gradients of trainable parameters that no FSDP unit holds.
+
+    Prompt and prefix tuning train a prompt encoder that lives in the PeftModel, outside the FSDP
+    root: it is tiny, so it is replicated, and each gradient is averaged as it is computed (a tensor
+    hook, so accumulation over micro-batches sums averaged gradients, as FSDP's reduce-scatter does).
+    Written by hand: FSDP2 covers only what it shards, and a DDP wrapper around one submodule would
+    not see the PeftModel's own forward. Returns the names of those parameters.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    def average(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)  # SUM: gloo has no AVG
+        return grad / env.world_size
+
+    names = []
+    for name, parameter in unwrap(model).named_parameters():
+        if parameter.requires_grad and not isinstance(parameter, DTensor):
+            parameter.register_hook(average)
+            names.append(name)
+    return names
 
 
 def apply_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
@@ -133,10 +169,26 @@ def clip_grad_norm_(parameters: list[nn.Parameter], max_norm: float) -> float:
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    # Sharded (DTensor) and replicated (prompt encoder) gradients are normed apart and combined: one
+    # norm over a mix of both is an error.
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    norms = []
+    if sharded:
+        norm = torch.nn.utils.get_total_norm(sharded, norm_type=2.0)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    if plain:
+        norms.append(torch.nn.utils.get_total_norm(plain, norm_type=2.0))
+    total = torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+    if sharded and plain:
+        torch.nn.utils.clip_grads_with_norm_(
+            [p for p in parameters if isinstance(p.grad, DTensor)], max_norm, total
+        )
+        torch.nn.utils.clip_grads_with_norm_(
+            [p for p in parameters if p.grad is not None and not isinstance(p.grad, DTensor)], max_norm, total
+        )
+    else:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
     return float(total)
 
 

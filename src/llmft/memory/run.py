@@ -29,10 +29,12 @@ def method_spec(cfg: Config, num_layers: int) -> MethodSpec:
                 frozen = num_layers - freeze.num_trainable_layers
             return MethodSpec("full", num_frozen_layers=frozen)
         return MethodSpec("full", head_only=freeze.strategy == "head_only")
-    if method == "lora":
+    if method in ("lora", "qlora"):
         lora = cfg.peft.lora
         targets = LLAMA_LINEARS if lora.target_modules == "all-linear" else tuple(lora.target_modules)
-        return MethodSpec("lora", lora_r=lora.r, lora_dropout=lora.dropout, lora_targets=targets)
+        # The planner models a 4-bit base as qlora and DoRA as dora (an 8-bit base as its storage dtype).
+        name = "qlora" if cfg.model.quantization == "4bit" else "dora" if lora.use_dora else "lora"
+        return MethodSpec(name, lora_r=lora.r, lora_dropout=lora.dropout, lora_targets=targets)
     return MethodSpec(method if method in METHODS else "lora")
 
 

@@ -205,17 +205,29 @@ def model_skeleton(source: ModelSource, cfg: ModelSection, classifier=None):
             )
 
 
-def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device, classifier=None):
-    """The causal LM on ``device`` in ``model.dtype``, every weight as stored.
+def load_causal_lm(
+    source: ModelSource, cfg: ModelSection, device: torch.device, classifier=None, quantize: bool = True
+):
+    """The causal LM on ``device`` in ``model.dtype``, every weight as stored, or quantized with
+    bitsandbytes as ``model.quantization`` asks (``quantize=False``: never; FSDP quantizes with torchao).
 
     With ``classifier`` (a :class:`llmft.models.heads.ClassifierSpec`): the sequence classifier over the
     same backbone weights; its new head is initialised later, by :func:`llmft.models.heads.attach_head`.
     """
     from transformers.utils import logging as hf_logging
 
+    from llmft.models.quantize import bnb_config, keep_cpu_layout_, quantize_nf4_
+
     verbosity = hf_logging.get_verbosity()
     if classifier is not None:
         hf_logging.set_verbosity_error()  # "score.weight newly initialised": expected, and re-done seeded
+    # model.quantization: bitsandbytes quantizes while loading, straight onto the device (a quantized
+    # model cannot be moved afterwards); the classifier's new head stays unquantized (it trains).
+    torchao = quantize and cfg.quantization == "4bit" and cfg.quant_backend == "torchao"
+    quantization = (
+        bnb_config(cfg, ["score"] if classifier is not None else None) if quantize and not torchao else None
+    )
+    placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
     try:
         with _loading(source, "could not load weights from"):
             model = _auto_class(classifier).from_pretrained(
@@ -224,8 +236,11 @@ def load_causal_lm(source: ModelSource, cfg: ModelSection, device: torch.device,
                 trust_remote_code=cfg.trust_remote_code,
                 dtype=DTYPES[cfg.dtype],
                 attn_implementation=cfg.attn_implementation,
+                **placement,
                 **(classifier.config_kwargs() if classifier is not None else {}),
             )
     finally:
         hf_logging.set_verbosity(verbosity)
-    return model.to(device)
+    if torchao:  # one process, quantized as FSDP quantizes (llmft.models.quantize)
+        quantize_nf4_(model, 1)
+    return keep_cpu_layout_(model) if quantization else model.to(device)

@@ -240,7 +240,10 @@ class Trainer:
             dtype=self.compute_dtype or torch.float32,
             enabled=self.compute_dtype is not None,
         ):
-            return self.model(**self.model_inputs(batch), use_cache=False).logits
+            logits = self.model(**self.model_inputs(batch), use_cache=False).logits
+        # Prompt tuning prepends virtual tokens and PEFT returns their logits too: keep the real tokens'.
+        length = batch["input_ids"].shape[1]
+        return logits[:, -length:] if logits.ndim == 3 and logits.shape[1] != length else logits
 
     def loss_sum(self, batch: Batch) -> torch.Tensor:
         """Forward pass of one micro-batch; returns the summed loss of its targets.
