@@ -381,3 +381,22 @@ def test_resume_refuses_a_breaking_change_and_warns_about_a_harmless_one(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming with changed settings: train.log_every" in result.stderr
     assert [s for s in _losses(tmp_path / "c")] == [6]  # log_every 2 from step 5: the last step is logged
+
+
+def test_export_merge_writes_a_plain_model_with_the_adapter_models_logits(
+    tmp_path, straight_lora, straight_full
+):
+    base = json.loads((straight_lora / "adapter_config.json").read_text())["base_model_name_or_path"]
+    tokenizer = AutoTokenizer.from_pretrained(straight_lora)
+    adapter = _logits(
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), straight_lora), tokenizer
+    )
+    for source in (straight_lora, straight_lora / "checkpoints" / "step-000006"):
+        out = tmp_path / source.name
+        result = run_cli("export", str(source), "--merge", "--out", str(out))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "Wrote merged model" in result.stdout and not (out / "adapter_config.json").exists()
+        merged = AutoModelForCausalLM.from_pretrained(out)
+        torch.testing.assert_close(_logits(merged, tokenizer), adapter, rtol=0, atol=1e-4)
+    full = run_cli("export", str(straight_full), "--merge", "--out", str(tmp_path / "full"))
+    assert "no adapter); drop --merge" in _one_line_error(full)  # full fine-tuning has nothing to fold

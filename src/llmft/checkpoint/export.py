@@ -67,16 +67,6 @@ def _has_final_model(run_dir: Path) -> bool:
     return (run_dir / "adapter_config.json").is_file() or (run_dir / "config.json").is_file()
 
 
-def _load_run_config(path: Path):
-    from llmft.checkpoint.state import CONFIG_FILE
-    from llmft.config import load_config
-
-    file = path / CONFIG_FILE
-    if not file.is_file():
-        raise UserError(f"export: '{path}' has no {CONFIG_FILE}; pass an llmft run or checkpoint folder")
-    return load_config(str(file), {})
-
-
 def _classifier(path: Path, run_dir: Path | None, cfg):
     """The classifier spec of a classification run (its label names are kept with the model)."""
     if cfg.task != "classification":
@@ -199,20 +189,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model_from_run(run_dir: Path):
-    """The finished run's model: its base with the saved adapter loaded through PEFT."""
+    """The finished run's model as plain users load it: its base with the saved adapter through PEFT
+    (the loaders of ``llmft generate`` / ``llmft predict``)."""
     import torch
-    from peft import PeftModel
 
-    from llmft.models.loader import load_causal_lm, load_tokenizer, resolve_model
+    from llmft.inference.loading import load_run_model, run_config
+    from llmft.inference.predict import load_classifier
+    from llmft.models.heads import ClassifierSpec
 
-    cfg = _load_run_config(run_dir)
+    cfg = run_config(run_dir, flag="export")
     if not (run_dir / "adapter_config.json").is_file():
         raise UserError("export --merge: this run trained the model's own weights (no adapter); drop --merge")
-    source = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(source, cfg.model)
-    classifier = _classifier(run_dir, None, cfg)
-    base = load_causal_lm(source, cfg.model, torch.device("cpu"), classifier)
-    return PeftModel.from_pretrained(base, run_dir), tokenizer, cfg, classifier
+    if cfg.task == "classification":
+        model, tokenizer = load_classifier(run_dir, torch.device("cpu"))
+        return model, tokenizer, cfg, ClassifierSpec.read(run_dir)
+    model, tokenizer = load_run_model(run_dir, cfg, torch.device("cpu"))
+    return model, tokenizer, cfg, None
 
 
 def _copy_run(run_dir: Path, out: Path) -> int:
