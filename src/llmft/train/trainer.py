@@ -91,6 +91,16 @@ class TrainSummary:
         return sum(chunk) / len(chunk) if chunk else float("nan")
 
 
+def forward_logits(model: nn.Module, batch: Batch, device: torch.device, compute_dtype: torch.dtype | None):
+    """The model's logits of a collated batch (already on ``device``), under autocast when
+    ``compute_dtype`` is set; training and evaluation both call this."""
+    with torch.autocast(device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None):
+        logits = model(**Trainer.model_inputs(batch), use_cache=False).logits
+    # Prompt tuning prepends virtual tokens and PEFT returns their logits too: keep the real tokens'.
+    length = batch["input_ids"].shape[1]
+    return logits[:, -length:] if logits.ndim == 3 and logits.shape[1] != length else logits
+
+
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module, loader, device: torch.device, compute_dtype: torch.dtype | None = None
@@ -105,10 +115,7 @@ def evaluate_split(
     predicted, expected = [], []
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(
-            device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None
-        ):
-            logits = model(**Trainer.model_inputs(batch), use_cache=False).logits
+        logits = forward_logits(model, batch, device, compute_dtype)
         if "class_labels" in batch:
             total += class_loss_sum(logits, batch["class_labels"])
             predicted.append(logits.argmax(-1).cpu())
@@ -235,15 +242,7 @@ class Trainer:
         return count_targets(batch["labels"])
 
     def _logits(self, batch: Batch) -> torch.Tensor:
-        with torch.autocast(
-            self.env.device.type,
-            dtype=self.compute_dtype or torch.float32,
-            enabled=self.compute_dtype is not None,
-        ):
-            logits = self.model(**self.model_inputs(batch), use_cache=False).logits
-        # Prompt tuning prepends virtual tokens and PEFT returns their logits too: keep the real tokens'.
-        length = batch["input_ids"].shape[1]
-        return logits[:, -length:] if logits.ndim == 3 and logits.shape[1] != length else logits
+        return forward_logits(self.model, batch, self.env.device, self.compute_dtype)
 
     def loss_sum(self, batch: Batch) -> torch.Tensor:
         """Forward pass of one micro-batch; returns the summed loss of its targets.
