@@ -37,7 +37,13 @@ from llmft.checkpoint.outputs import (
     save_artifacts,
 )
 from llmft.checkpoint.resume import check_resume_config
-from llmft.checkpoint.state import load_tensors, resolve_resume, save_checkpoint, verify_checkpoint
+from llmft.checkpoint.state import (
+    latest_checkpoint,
+    load_tensors,
+    resolve_resume,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from llmft.config import Config
 from llmft.data.pipeline import prepare_data
 from llmft.distributed.env import DistEnv, check_launch, setup_distributed, teardown_distributed
@@ -353,6 +359,9 @@ def _finetune(
         files["plot"] = ", ".join(path.name for path in plot_run(metrics.path, output_dir))
     files["log"] = "train.log"
     files["summary"] = "summary.json"
+    latest = latest_checkpoint(output_dir)
+    if latest is not None:
+        files["checkpoints"] = f"checkpoints/  (latest {latest.name}; continue with --resume auto)"
     files["base model"] = source.ref
 
     # The sample's prompt in the training format (alpaca's template, the chat template, ...).

@@ -91,6 +91,9 @@ def test_files_of_a_run(short_run):
     assert "finetune:" in result.stderr and "loss=" in result.stderr and "tok_s=" in result.stderr
     assert f"Wrote {out}/" in result.stdout
     assert "adapter_model.safetensors" in result.stdout and "Sample (prompt '“The'):" in result.stdout
+    # The run ends with a checkpoint at its last step (checkpoint.every_steps 100, at_epoch_end: the end).
+    assert "checkpoints/  (latest step-000006; continue with --resume auto)" in result.stdout
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-000006"
     assert summary["sample"]["prompt"] == "“The"
 
 
