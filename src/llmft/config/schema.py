@@ -501,6 +501,16 @@ class FreezeSection(_Section):
             raise ValueError(
                 "freeze.include / exclude apply to strategy patterns; add --freeze.strategy patterns"
             )
+        if self.strategy not in ("bottom", "head_only") and (self.train_norms or self.train_embeddings):
+            raise ValueError(
+                f"freeze.train_norms / train_embeddings apply to strategies bottom and head_only (strategy is "
+                f"'{self.strategy}'); add --freeze.strategy bottom or head_only"
+                + (
+                    " (patterns: add the norms or embeddings to freeze.include)"
+                    if self.strategy == "patterns"
+                    else ""
+                )
+            )
         return self
 
 
@@ -518,6 +528,21 @@ class HeadSection(_Section):
     width: Int | None = Field(None, ge=1, description="mlp: hidden width; empty: the model's hidden size.")
     activation: Literal["gelu", "relu", "silu", "tanh"] = Field("gelu", description="mlp: between layers.")
     dropout: Float = Field(0.1, ge=0.0, lt=1.0, description="mlp: dropout before each linear layer.")
+
+    @model_validator(mode="after")
+    def _mlp_settings_need_mlp(self) -> HeadSection:
+        # Compared with the defaults, not model_fields_set: classifier.json records every field.
+        changed = [
+            name
+            for name in ("num_layers", "width", "activation", "dropout")
+            if getattr(self, name) != type(self).model_fields[name].default
+        ]
+        if self.type != "mlp" and changed:
+            raise ValueError(
+                f"head.{' / '.join(changed)} apply to head.type mlp (type is '{self.type}'); add --head.type mlp "
+                f"or leave them out"
+            )
+        return self
 
 
 class Config(_Section):
