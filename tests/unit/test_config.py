@@ -284,3 +284,42 @@ def test_cli_unknown_flag_is_one_line(capsys):
 def test_quotes_recipe_is_the_defaults_written_out():
     recipe = load_config(ROOT / "configs" / "quotes_lora.yaml")
     assert recipe.model_copy(update={"output_dir": None}) == Config()
+
+
+def test_a_malformed_list_flag_is_an_error_not_one_pattern():
+    # YAML reads `\.` inside double quotes as an unknown escape; read as text instead, the value became
+    # one regular expression (a character class) that matched every parameter: the whole model trained.
+    tokens = ["--peft.method", "none", "--freeze.strategy", "patterns", "--freeze.include"]
+    problems = problems_of(overrides=parse_overrides([*tokens, '["layers\\.3\\.", "lm_head"]']))
+    assert problems[0].startswith(
+        '--freeze.include \'["layers\\\\.3\\\\.", "lm_head"]\' is not a valid YAML list or mapping '
+        "(found unknown escape character"
+    )
+    assert "--freeze.include '[layers\\.3\\., lm_head]'" in problems[0]
+    assert problems_of(overrides=parse_overrides(["--train", "{lr: [}"]))[0].startswith(
+        "--train '{lr: [}' is not a valid YAML list or mapping"
+    )
+    # The forms the message suggests both work.
+    for value in ["[layers\\.3\\., lm_head]", "['layers\\.3\\.', 'lm_head']"]:
+        config = build_config({}, parse_overrides([*tokens, value]))
+        assert config.freeze.include == ["layers\\.3\\.", "lm_head"]
+
+
+def test_a_repeated_flag_adds_up_for_a_list_and_is_an_error_otherwise():
+    tokens = ["--peft.method", "none", "--freeze.strategy", "patterns"]
+    repeated = [
+        "--freeze.include",
+        "layers\\.3\\.",
+        "--freeze.include=[lm_head, norm]",
+        "--freeze.exclude",
+        "mlp",
+    ]
+    config = build_config({"freeze": {"include": ["embed"]}}, parse_overrides([*tokens, *repeated]))
+    assert config.freeze.include == ["layers\\.3\\.", "lm_head", "norm"]  # the flags replace the file's list
+    assert config.freeze.exclude == ["mlp"]
+    with pytest.raises(ConfigError) as info:
+        parse_overrides(["--train.lr", "1e-4", "--train.lr=2e-4", "--train.progress", "--train.progress"])
+    assert info.value.problems == [
+        "--train.lr is given twice ('1e-4' and '2e-4'); give it once",
+        "--train.progress is given twice (<flag without value> and <flag without value>); give it once",
+    ]

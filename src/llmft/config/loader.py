@@ -52,6 +52,11 @@ class _Bare:
 BARE_FLAG = _Bare()
 
 
+class Repeated(list):
+    """The raw values of a list field's flag given more than once (``--freeze.include a --freeze.include
+    b``): they add up to one list, in the order given."""
+
+
 def _section_type(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
@@ -202,7 +207,15 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
         else:
             value = BARE_FLAG
             i += 1
-        overrides[key] = value
+        if key not in overrides:
+            overrides[key] = value
+        elif _is_list(_fields().get(key)):
+            previous = overrides[key]
+            overrides[key] = Repeated(
+                [*previous, value] if isinstance(previous, Repeated) else [previous, value]
+            )
+        else:  # keeping only the last would silently drop the first
+            problems.append(f"--{key} is given twice ({overrides[key]!r} and {value!r}); give it once")
     if problems:
         raise ConfigError(problems)
     return overrides
@@ -215,14 +228,37 @@ def read_override(path: str, value: Any) -> Any:
         if annotation is None or bool in _leaf_types(annotation):
             return True  # an unknown key is reported as such (with a suggestion), not as a missing value
         raise ConfigError([f"--{path} needs a value (e.g. --{path} VALUE)"])
+    if isinstance(value, Repeated):
+        items: list[Any] = []
+        for one in value:
+            read = read_override(path, one)
+            items.extend(read if isinstance(read, list) else [read])
+        return items
     if not isinstance(value, str):
         return value  # set from Python, already typed
     if annotation is not None and _is_text(annotation):
         return None if value == "null" and type(None) in _leaf_types(annotation) else value
     try:
         return yaml.safe_load(value)
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        if value.lstrip().startswith(("[", "{")):
+            # Read as text, a malformed list would become one value (for freeze.include, a regular
+            # expression character class that matches every name): refuse instead.
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                [
+                    f"--{path} {value!r} is not a valid YAML list or mapping ({problem}); write a list "
+                    f"unquoted, --{path} '[layers\\.3\\., lm_head]', or quote its items with single quotes, "
+                    f"--{path} \"['layers\\.3\\.', 'lm_head']\" (in YAML double quotes a backslash starts "
+                    f"an escape), or give the flag once per item"
+                ]
+            ) from None
         return value
+
+
+def _is_list(annotation: Any) -> bool:
+    """True for fields that hold a list (possibly also a single literal, like target_modules)."""
+    return annotation is not None and any(typing.get_origin(kind) is list for kind in _leaf_types(annotation))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
