@@ -54,7 +54,7 @@ from llmft.inference.generate import generate_text
 from llmft.inference.predict import classify
 from llmft.memory import run as memory_run
 from llmft.models.build import build_model
-from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec
+from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
 from llmft.models.loader import load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
 from llmft.peft.freeze import check_freeze, describe_groups
@@ -221,6 +221,8 @@ def _finetune(
         else None
     )
     skeleton = model_skeleton(source, cfg.model, classifier)
+    if classifier is not None:  # the configured head (an MLP replaces `score`), as build_model attaches it
+        skeleton = attach_head(skeleton, classifier)
     check_method(skeleton, cfg.peft)
     check_freeze(skeleton, cfg.freeze)
     # Absolute paths, so the written config reproduces the run from any working folder.

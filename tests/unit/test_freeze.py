@@ -109,6 +109,20 @@ def test_bad_freeze_settings_fail_before_training():
         ({"freeze.strategy": "patterns", "freeze.include": "(["}, "is not a regular expression"),
         ({"freeze.strategy": "head_only", "peft.method": "lora"}, "needs peft.method none"),
         ({"head.type": "mlp"}, "a causal LM has no such head"),
+        # train_norms / train_embeddings act under bottom and head_only only; elsewhere they were ignored.
+        (
+            {"freeze.train_norms": True},
+            r"train_embeddings apply to strategies bottom and head_only \(strategy is 'none'\)",
+        ),
+        (
+            {"freeze.strategy": "patterns", "freeze.include": "lm_head", "freeze.train_embeddings": True},
+            "strategy is 'patterns'.*add the norms or embeddings to freeze.include",
+        ),
+        ({"peft.method": "lora", "freeze.train_norms": True}, "apply to strategies bottom and head_only"),
+        # head.* MLP settings with the linear head were ignored.
+        ({"head.num_layers": 3}, r"head.num_layers apply to head.type mlp \(type is 'linear'\)"),
+        ({"head.width": 64, "head.activation": "relu"}, "head.width / activation apply to head.type mlp"),
+        ({"head.dropout": 0.0}, "head.dropout apply to head.type mlp"),
         ({"task": "classification"}, "task classification reads text and label records"),
         (
             {"task": "classification", "data.format": "classification", "data.batching": "packing"},
@@ -130,3 +144,58 @@ def test_a_tied_head_needs_trainable_embeddings():
         check_freeze(model, FreezeSection(strategy="head_only"))
     apply_freeze(model, FreezeSection(strategy="head_only", train_embeddings=True))
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["model.embed_tokens.weight"]
+
+
+def _classifier_skeleton(head: dict | None = None):
+    from llmft.config import HeadSection
+    from llmft.models.heads import ClassifierSpec, attach_head
+
+    spec = ClassifierSpec(("a", "b", "c"), HeadSection(**(head or {})), 0)
+    return attach_head(model_skeleton(resolve_model(ModelSection()), ModelSection(), spec), spec)
+
+
+def test_patterns_that_train_nothing_or_freeze_a_new_head_fail_on_the_skeleton():
+    lm = model_skeleton(resolve_model(ModelSection()), ModelSection())
+    with pytest.raises(
+        UserError, match=r"freeze.include \['lm_head'\] / freeze.exclude \['head'\] leave no parameter"
+    ):
+        check_freeze(lm, FreezeSection(strategy="patterns", include=["lm_head"], exclude=["head"]))
+    # A classifier's score layer is new and random: freezing all of it is refused, with the fix.
+    for head in ({}, {"type": "mlp"}):
+        with pytest.raises(
+            UserError,
+            match=r"freeze the classifier's new, randomly initialised head \(score.*add 'score' to freeze.include",
+        ):
+            check_freeze(
+                _classifier_skeleton(head), FreezeSection(strategy="patterns", include=[r"layers\.3\."])
+            )
+    check_freeze(
+        _classifier_skeleton(), FreezeSection(strategy="patterns", include=[r"layers\.3\.", "score"])
+    )
+    # An LM head is pretrained: freezing it is fine.
+    check_freeze(lm, FreezeSection(strategy="patterns", include=[r"layers\.3\."]))
+
+
+def test_a_pattern_on_the_mlp_head_is_checked_against_the_mlp_names():
+    skeleton = _classifier_skeleton({"type": "mlp"})
+    check_freeze(skeleton, FreezeSection(strategy="patterns", include=[r"score\.4\.", r"layers\.3\."]))
+    with pytest.raises(
+        UserError, match=r"'score\\\\.2\\\\.' matches no parameter name.*the head's are \['score.1.weight'"
+    ):
+        check_freeze(skeleton, FreezeSection(strategy="patterns", include=[r"score\.2\."]))
+
+
+def test_a_lora_classifier_counts_its_trainable_head_copy_under_head():
+    from llmft.config import HeadSection
+    from llmft.models.heads import ClassifierSpec, attach_head
+
+    spec = ClassifierSpec(("a", "b", "c"), HeadSection(), 0)
+    model = load_causal_lm(resolve_model(ModelSection()), ModelSection(), torch.device("cpu"), spec)
+    model = apply_method(attach_head(model, spec), PeftSection(method="lora"), "classification")
+    groups = parameter_groups(model)
+    copies = [n for n in groups if "modules_to_save" in n]
+    assert copies and all(groups[n] == "head" for n in copies)
+    assert all(groups[n] == "adapters" for n in groups if "lora_" in n)
+    head = {line.split()[0]: line.split()[1:] for line in describe_groups(model).splitlines()}["head"]
+    # The trainable copy (256 x 3) trains; PEFT's original score layer beside it stays frozen.
+    assert head == ["768", "of", "1,536", "trainable"]
