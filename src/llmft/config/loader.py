@@ -186,6 +186,7 @@ def _format_errors(error: ValidationError) -> list[str]:
 def parse_overrides(tokens: list[str]) -> dict[str, Any]:
     """``['--train.lr', '2e-4', '--peft.method=none', '--train.progress']`` -> {dotted: raw text}.
 
+    A flag given again: a list field's values add up (:class:`Repeated`); for any other the last wins.
     Values stay text (or :data:`BARE_FLAG`) until :func:`build_config` reads them by field type.
     """
     overrides: dict[str, Any] = {}
@@ -207,15 +208,12 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
         else:
             value = BARE_FLAG
             i += 1
-        if key not in overrides:
-            overrides[key] = value
-        elif _is_list(_fields().get(key)):
-            previous = overrides[key]
-            overrides[key] = Repeated(
-                [*previous, value] if isinstance(previous, Repeated) else [previous, value]
-            )
-        else:  # keeping only the last would silently drop the first
-            problems.append(f"--{key} is given twice ({overrides[key]!r} and {value!r}); give it once")
+        previous = overrides.get(key)
+        if key in overrides and _is_list(_fields().get(key)):
+            # A list field's flags add up (--freeze.include a --freeze.include b): keeping only the last
+            # would silently drop patterns or targets.
+            value = Repeated([*previous, value] if isinstance(previous, Repeated) else [previous, value])
+        overrides[key] = value  # any other flag: the last value wins, as with argparse
     if problems:
         raise ConfigError(problems)
     return overrides

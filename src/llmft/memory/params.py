@@ -20,6 +20,8 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 METHODS = ("full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "llama_adapter")
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Every linear layer LoRA may target: the block projections and the LM head (hidden -> vocab).
+LORA_TARGETS = (*LLAMA_LINEARS, "lm_head")
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,9 @@ def check_method(shape: ModelShape, spec: MethodSpec) -> None:
             f"--num-frozen-layers / --head-only apply to --method full (not '{spec.name}'): a PEFT "
             f"method already freezes the base"
         )
-    unknown = [t for t in spec.lora_targets if t not in LLAMA_LINEARS]
+    unknown = [t for t in spec.lora_targets if t not in LORA_TARGETS]
     if spec.is_lora and unknown:
-        raise UserError(f"LoRA targets {unknown} are not LLaMA projections; use some of {LLAMA_LINEARS}")
+        raise UserError(f"LoRA targets {unknown} are not LLaMA linear layers; use some of {LORA_TARGETS}")
     if spec.lora_r < 1:
         raise UserError(f"--lora-r {spec.lora_r}: the rank must be at least 1")
 
@@ -152,8 +154,14 @@ def _add_adapters(inv: Inventory, shape: ModelShape, spec: MethodSpec) -> None:
     """The trainable tensors a PEFT method adds (fp32), with the shapes HF PEFT gives them."""
     layers, linears = shape.num_layers, shape.linear_shapes()
     if spec.is_lora:
+        if "lm_head" in spec.lora_targets:  # outside the blocks; tied or not, PEFT adapts the module
+            h, v = shape.hidden_size, shape.vocab_size
+            inv.add("lm_head.lora_A", (spec.lora_r, h), True, 4, adapter=True)
+            inv.add("lm_head.lora_B", (v, spec.lora_r), True, 4, adapter=True)
+            if spec.name == "dora":
+                inv.add("lm_head.magnitude", (v,), True, 4, adapter=True)
         for layer in range(layers):
-            for proj in spec.lora_targets:
+            for proj in (t for t in spec.lora_targets if t != "lm_head"):
                 out, inp = linears[proj]
                 inv.add(f"layers.{layer}.{proj}.lora_A", (spec.lora_r, inp), True, 4, layer, adapter=True)
                 inv.add(f"layers.{layer}.{proj}.lora_B", (out, spec.lora_r), True, 4, layer, adapter=True)
