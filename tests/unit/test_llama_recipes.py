@@ -76,10 +76,8 @@ def test_fsdp_config_flags(monkeypatch):
     assert cfg.train.gradient_checkpointing and cfg.distributed.fsdp.cpu_offload
     assert not cfg.distributed.fsdp.reshard_after_forward
     hybrid = translate(["--enable_fsdp", "--fsdp_config.sharding_strategy", "HYBRID_SHARD"], world_size=16)
-    assert (
-        hybrid[-2:] == ["--distributed.fsdp.hsdp_replicate", "16"]
-        or "--distributed.fsdp.hsdp_replicate" in hybrid
-    )
+    # HYBRID_SHARD shards within a node (LOCAL_WORLD_SIZE 8) and replicates across the 16 / 8 = 2 nodes.
+    assert hybrid == ["--distributed.fsdp.hsdp_replicate", "2", "--distributed.strategy", "fsdp"]
 
 
 @pytest.mark.parametrize(
