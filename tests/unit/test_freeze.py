@@ -120,9 +120,9 @@ def test_bad_freeze_settings_fail_before_training():
         ),
         ({"peft.method": "lora", "freeze.train_norms": True}, "apply to strategies bottom and head_only"),
         # head.* MLP settings with the linear head were ignored.
-        ({"head.num_layers": 3}, r"head.num_layers apply to head.type mlp \(type is 'linear'\)"),
+        ({"head.num_layers": 3}, r"head.num_layers applies to head.type mlp \(type is 'linear'\)"),
         ({"head.width": 64, "head.activation": "relu"}, "head.width / activation apply to head.type mlp"),
-        ({"head.dropout": 0.0}, "head.dropout apply to head.type mlp"),
+        ({"head.dropout": 0.0}, "head.dropout applies to head.type mlp.*leave it out"),
         ({"task": "classification"}, "task classification reads text and label records"),
         (
             {"task": "classification", "data.format": "classification", "data.batching": "packing"},

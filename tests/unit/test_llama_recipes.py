@@ -1,6 +1,11 @@
-"""llama-recipes flags -> llmft finetune flags (the fsdp_finetuning.py shim), without running anything."""
+"""llama-recipes flags -> llmft finetune flags (the fsdp_finetuning.py shim), without training anything."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +127,14 @@ def test_peft_methods_of_llama_recipes_map_by_name(method):
 def test_flags_llmft_cannot_honour_are_clear_errors(argv, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         translate(argv, world_size=1)
+
+
+def test_the_shim_without_torchrun_names_the_shim_launch():
+    # Run as a script without torchrun's environment, the shim's user is told the shim's launch.
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    shim = Path(__file__).resolve().parents[2] / "fsdp_finetuning.py"
+    result = subprocess.run(
+        [sys.executable, str(shim), "--enable_fsdp"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 2
+    assert "launch with `torchrun --nproc_per_node N fsdp_finetuning.py ...`" in result.stderr

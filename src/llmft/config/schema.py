@@ -369,8 +369,8 @@ class DistributedSection(_Section):
         if self.strategy != "fsdp" and changed:
             fields = ", ".join(f"distributed.fsdp.{name}" for name in changed)
             raise ValueError(
-                f"{fields} apply only to strategy fsdp (strategy is '{self.strategy}'); "
-                f"add --distributed.strategy fsdp or drop them"
+                f"{fields} {'apply' if len(changed) > 1 else 'applies'} only to strategy fsdp (strategy is "
+                f"'{self.strategy}'); add --distributed.strategy fsdp or drop {'them' if len(changed) > 1 else 'it'}"
             )
         return self
 
@@ -539,8 +539,8 @@ class HeadSection(_Section):
         ]
         if self.type != "mlp" and changed:
             raise ValueError(
-                f"head.{' / '.join(changed)} apply to head.type mlp (type is '{self.type}'); add --head.type mlp "
-                f"or leave them out"
+                f"head.{' / '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to head.type mlp (type "
+                f"is '{self.type}'); add --head.type mlp or leave {'them' if len(changed) > 1 else 'it'} out"
             )
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,17 @@ log = logging.getLogger(__name__)
 
 # How to start several processes; named in every error about a missing process group.
 TORCHRUN_HINT = "torchrun --nproc_per_node N -m llmft finetune ..."
+
+
+def torchrun_hint() -> str:
+    """:data:`TORCHRUN_HINT`, or the same launch of the script this process runs (a shim such as
+    ``fsdp_finetuning.py``, whose users pass its flags, not ``llmft finetune``'s)."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if script.endswith(".py") and script != "__main__.py":
+        return f"torchrun --nproc_per_node N {script} ..."
+    return TORCHRUN_HINT
+
+
 # Whether llmft started the process group (and so may end it): a caller's own group is left alone.
 _owns_process_group = False
 
@@ -116,7 +128,7 @@ def check_launch(cfg: DistributedSection) -> int:
     if cfg.strategy != "single" and "WORLD_SIZE" not in os.environ:
         raise UserError(
             f"distributed.strategy: '{cfg.strategy}' needs a process group, and this process was not "
-            f"started by torchrun (WORLD_SIZE is not set); launch with `{TORCHRUN_HINT}`, or use "
+            f"started by torchrun (WORLD_SIZE is not set); launch with `{torchrun_hint()}`, or use "
             f"--distributed.strategy single"
         )
     replicate = cfg.fsdp.hsdp_replicate
