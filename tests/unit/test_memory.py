@@ -104,11 +104,23 @@ def test_parameter_gradient_and_optimizer_bytes_are_exact(method, dtype):
 # Activations: the bytes autograd saves for backward
 
 
-def _measure(model, blocks, batch: int, seq_len: int, autocast: bool) -> SavedTensors:
+def _packed_position_ids(batch: int, seq_len: int) -> torch.Tensor:
+    """Position ids of rows packed as the collator builds them: documents of a half, a quarter and the
+    rest of the row, each from 0 (the trainer passes these and no attention mask)."""
+    docs = [seq_len // 2, seq_len // 4, seq_len - seq_len // 2 - seq_len // 4]
+    return torch.cat([torch.arange(n) for n in docs]).repeat(batch, 1)
+
+
+def _measure(model, blocks, batch: int, seq_len: int, autocast: bool, packed: bool = False) -> SavedTensors:
     saved = SavedTensors(model, blocks)
     ids = torch.randint(0, 1900, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    rows = (
+        {"position_ids": _packed_position_ids(batch, seq_len)}
+        if packed
+        else {"attention_mask": torch.ones_like(ids)}
+    )
     with saved.active(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        logits = model(input_ids=ids, use_cache=False, **rows).logits
         token_loss_sum(logits, ids.clone())
     return saved
 
@@ -124,8 +136,22 @@ CASES = [  # method, base dtype, compute, frozen layers, model overrides
 ]  # fmt: skip
 
 
+PACKED_CASES = [CASES[3], CASES[1]]  # LoRA fp32, full with bf16 autocast
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-frozen{c[3]}-{len(c[4])}")
 def test_activation_term_matches_the_bytes_saved_for_backward(case):
+    _check_activation_term(case, packed=False)
+
+
+@pytest.mark.parametrize("case", PACKED_CASES, ids=lambda c: f"{c[0]}-{c[2]}")
+def test_activation_term_matches_the_bytes_saved_for_backward_with_packed_rows(case):
+    """Packed rows (what the benchmarks train on): per-row position ids and transformers' block-diagonal
+    mask, under which SDPA keeps a (T, T) bias per layer and K/V repeated to every query head."""
+    _check_activation_term(case, packed=True, sizes=((1, 32), (3, 80), (1, 256)))
+
+
+def _check_activation_term(case, packed: bool, sizes=((1, 32), (3, 80))) -> None:
     import peft
 
     method, dtype, compute, frozen, overrides = case
@@ -150,17 +176,18 @@ def test_activation_term_matches_the_bytes_saved_for_backward(case):
                 if frozen and ("embed" in name or any(f"layers.{i}." in name for i in range(frozen))):
                     parameter.requires_grad_(False)
         model.train()
-        for batch, seq_len in ((1, 32), (3, 80)):
+        for batch, seq_len in sizes:
             est = estimate(Setup(shape, spec, seq_len=seq_len, micro_batch=batch, precision=compute,
-                                 base_dtype=base, device="cpu", activation_checkpointing=checkpointing))  # fmt: skip
+                                 base_dtype=base, device="cpu", activation_checkpointing=checkpointing,
+                                 packed=packed))  # fmt: skip
             estimated = est.activation_bytes + est.autocast_copy_bytes
-            measured = _measure(model, blocks, batch, seq_len, compute == "bf16").bytes
+            measured = _measure(model, blocks, batch, seq_len, compute == "bf16", packed).bytes
             if checkpointing:
                 # The hooks see what checkpointing keeps (each block's input, and everything outside
                 # the blocks); in backward one block at a time is recomputed and holds its saved
                 # tensors: the largest block, measured in a pass without checkpointing.
                 getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
-                per_block = _measure(model, blocks, batch, seq_len, compute == "bf16").by_block()
+                per_block = _measure(model, blocks, batch, seq_len, compute == "bf16", packed).by_block()
                 measured += max(v for k, v in per_block.items() if k is not None)
                 _enable_activation_checkpointing(model)
             assert estimated == pytest.approx(measured, rel=0.25), (checkpointing, batch, seq_len)

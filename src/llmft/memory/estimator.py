@@ -44,6 +44,7 @@ class Setup:
     optimizer: str = "adamw"
     cpu_offload: bool = False
     attention: str = "sdpa"
+    packed: bool = False  # rows packed with several documents (a block-diagonal attention mask)
     device: str = "cuda"
     gpu_memory: float | None = None  # bytes per GPU, for the fit check
 
@@ -159,7 +160,7 @@ def estimate(setup: Setup) -> Estimate:
     autocast = setup.precision != "fp32"
     compute_bytes = DTYPE_BYTES[setup.precision] if autocast else store_bytes
     act_setup = ActivationSetup(store_bytes, compute_bytes, autocast, 1 if setup.device == "cuda" else 4,
-                                setup.attention)  # fmt: skip
+                                setup.attention, setup.packed)  # fmt: skip
     acts = activation_bytes(setup.shape, setup.method, inv, act_setup, setup.seq_len)
     tokens = setup.micro_batch * acts.tokens_per_row
     copies = acts.weight_copies(setup.micro_batch, setup.activation_checkpointing)
@@ -169,6 +170,9 @@ def estimate(setup: Setup) -> Estimate:
         # The logits (compute dtype) and, in backward, the fp32 gradient of the loss over them.
         "logits": tokens * setup.shape.vocab_size * (compute_bytes + 4),
     }
+    if setup.packed:
+        # The boolean block-diagonal mask transformers builds from the position ids, (B, 1, T, T).
+        temporary["packed_attention_mask"] = setup.micro_batch * acts.tokens_per_row**2
     if sharded:
         block = [t for t in inv.tensors if t.block == 0]
         gather = DTYPE_BYTES[setup.fsdp_param_dtype] if setup.fsdp_param_dtype else None

@@ -49,7 +49,8 @@ def describe_setup(est: Estimate) -> str:
     return (
         f"{s.shape.name}, {_method_text(est)}, {s.strategy} on {s.gpus} "
         f"{'GPU(s)' if s.device == 'cuda' else 'process(es)'} x {s.nodes} node(s), "
-        f"{s.micro_batch} x {s.seq_len} tokens per micro-batch, {s.precision} compute, base {s.storage}, "
+        f"{s.micro_batch} x {s.seq_len} tokens per micro-batch{' (packed)' if s.packed else ''}, "
+        f"{s.precision} compute, base {s.storage}, "
         f"{s.optimizer}{', activation checkpointing' if s.activation_checkpointing else ''}"
         f"{', CPU offload' if s.cpu_offload else ''}"
     )
@@ -128,6 +129,7 @@ def estimate_json(est: Estimate, advice: bool = True) -> dict[str, Any]:
             "optimizer": s.optimizer,
             "cpu_offload": s.cpu_offload,
             "attention": s.attention,
+            "packed": s.packed,
             "device": s.device,
         },
         "parameters": {"total": est.parameters, "trainable": est.trainable_parameters},

@@ -60,6 +60,7 @@ def run_setup(cfg: Config, hf_config: Any, world_size: int, device: torch.device
         optimizer="adamw",
         cpu_offload=dist.fsdp.cpu_offload,
         attention=cfg.model.attn_implementation,
+        packed=cfg.data.batching == "packing",
         device=device.type,
         gpu_memory=memory,
     )
