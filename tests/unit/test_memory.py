@@ -253,6 +253,34 @@ def test_suggestions_come_smallest_first_and_fit():
     assert "use FSDP on" in combined.change and estimate(combined.setup).fits
 
 
+def test_a_combined_suggestion_holds_only_changes_it_needs():
+    """70B full fine-tuning on 24 GiB: LoRA makes the optimizer states small, so 8-bit AdamW adds
+    nothing, and LoRA needs fewer GPUs than full fine-tuning; each part left is needed."""
+    setup = Setup(KNOWN_ARCHITECTURES["llama-2-70b"], MethodSpec("full"), gpu_memory=24 * GIB)
+    (combined,) = suggestions(setup)
+    assert combined.change == (
+        "enable activation checkpointing + use FSDP on 16 GPUs + LoRA instead of full fine-tuning"
+    )
+    assert combined.flags == ("--activation-checkpointing", "--strategy fsdp", "--gpus 8", "--nodes 2",
+                              "--method lora")  # fmt: skip
+    new = combined.setup
+    assert new.optimizer == "adamw" and estimate(new).fits
+    assert not estimate(new.replace(activation_checkpointing=False)).fits
+    assert not estimate(new.replace(gpus=8, nodes=1)).fits  # 8 GPUs are not enough, 16 are the fewest
+    assert not estimate(new.replace(method=MethodSpec("full"))).fits
+
+
+def test_qlora_base_dtype_sets_the_unquantized_rest_of_the_base(capsys):
+    """--base-dtype is not ignored by QLoRA: the NF4 projections stay 4-bit, the embeddings, norms and
+    head take the dtype (llmft's QLoRA keeps them in model.dtype), and the table says so."""
+    shape = KNOWN_ARCHITECTURES["llama-2-7b"]
+    fp32, bf16 = (estimate(Setup(shape, MethodSpec("qlora"), base_dtype=d)) for d in ("fp32", "bf16"))
+    rest = 2 * shape.vocab_size * shape.hidden_size + (2 * shape.num_layers + 1) * shape.hidden_size
+    assert fp32.parameter_bytes - bf16.parameter_bytes == 2 * rest
+    assert main(["estimate", "--model", "llama-2-7b", "--method", "qlora", "--base-dtype", "fp32"]) == 0
+    assert "base NF4 (embeddings, norms and head fp32)" in capsys.readouterr().out
+
+
 def test_parse_size():
     assert parse_size("24GiB") == 24 * GIB and parse_size("80GB") == 80e9 and parse_size("16") == 16 * GIB
 
@@ -289,6 +317,7 @@ def test_estimate_json_keys_are_stable():
      (["--model", "llama-2-7"], "did you mean 'llama-2-7b'?"),
      (["--method", "lora", "--num-frozen-layers", "2"], "--num-frozen-layers / --head-only apply to --method full"),
      (["--seq-len", "0"], "--seq-len 0: give a whole number"),
+     (["--strategy", "hsdp", "--gpus", "4", "--nodes", "1"], "--strategy hsdp with --nodes 1 has one replica"),
      (["--train.lr", "1"], "estimate: unknown flag '--train.lr'")],
 )  # fmt: skip
 def test_estimate_bad_arguments_are_one_line_errors(flags, message, capsys):
