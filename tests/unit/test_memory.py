@@ -100,6 +100,35 @@ def test_parameter_gradient_and_optimizer_bytes_are_exact(method, dtype):
     assert est.trainable_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("shards", [2, 3, 4, 8])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_rank0_shards_are_fsdp2s_chunks_for_uneven_first_dims(method, shards):
+    """The planner's sharding rule against FSDP2's own (``_chunk_with_empty``: torch.chunk along dim 0,
+    empty shards past the end) on rows that do not divide: a 1949-token vocabulary, 688 MLP rows over
+    3 or 8 ranks, LoRA's 16-row A matrices over 3, and norms. Rank 0 holds the largest shard; the
+    2-process test in tests/distributed covers an even split with real FSDP."""
+    import peft
+    from torch.distributed.fsdp._fully_shard._fsdp_common import _chunk_with_empty
+
+    vocab = 1949
+    with torch.device("meta"):
+        model = _tiny(vocab_size=vocab)
+        if method == "lora":
+            config = peft.LoraConfig(r=16, target_modules=list(MethodSpec().lora_targets))
+            model = peft.get_peft_model(model, config)
+    shape = shape_from_hf_config(model.config.to_dict(), "t")
+    assert shape.vocab_size == vocab
+    est = estimate(Setup(shape, MethodSpec(method), strategy="fsdp", gpus=shards, precision="fp32",
+                         base_dtype="fp32", device="cpu"))  # fmt: skip
+    rank0 = {n: _chunk_with_empty(p, shards, dim=0)[0] for n, p in model.named_parameters()}
+    assert est.parameter_bytes == sum(c.numel() * 4 for c in rank0.values())
+    trained = sum(rank0[n].numel() * 4 for n, p in model.named_parameters() if p.requires_grad)
+    assert est.gradient_bytes == trained
+    for t in inventory(shape, MethodSpec(method), "fp32").tensors:
+        rows = torch.empty(t.shape, device="meta")
+        assert t.shard_numel(shards) == _chunk_with_empty(rows, shards, dim=0)[0].numel(), t.name
+
+
 # ---------------------------------------------------------------------------------------------------
 # Activations: the bytes autograd saves for backward
 
