@@ -180,3 +180,89 @@ def test_user_errors_are_one_line_exit_2(tmp_path):
         assert result.stderr.count("\n") == 1, (args, result.stderr)
         assert result.stderr.startswith("llmft: error: ") and fragment in result.stderr, (args, result.stderr)
         assert not (tmp_path / "never").exists()  # bad input leaves nothing behind
+
+
+def _wandb_records(path):
+    """The records of a W&B ``.wandb`` file: wandb 0.31 has no Python reader for its own run log (the
+    reading side moved into the Go ``wandb-core``), so this follows the documented LevelDB log layout
+    it uses: a 7-byte ``:W&B`` header, then 32 KiB blocks of chunks ``crc32c (4) | length (2, little
+    endian) | type (1: full, 2: first, 3: middle, 4: last)``, each whole payload a protobuf Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending = 32 * 1024, 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is zero padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def _items(items) -> dict:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+def test_wandb_offline_tensorboard_and_measured_cpu_mfu(tmp_path, monkeypatch):
+    """One short run with W&B (offline, no network), TensorBoard and a measured CPU peak: W&B's own
+    run log and TensorBoard's events hold, at each logged step, what metrics.jsonl holds."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    result = run_cli("finetune", *SHORT_RUN, "--train.max_steps", "3", "--data.max_samples", "32",
+                     "--generation.max_new_tokens", "4", "--logging.wandb", "true",
+                     "--logging.measure_cpu_peak", "true", "--output_dir", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(out)
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3] and [r["step"] for r in evals] == [3]
+    assert all(r["mfu"] > 0 for r in train)  # a measured peak gives MFU on CPU
+    throughput = json.loads((out / "summary.json").read_text())["throughput"]
+    assert throughput["peak_source"] == "measured CPU matmul" and throughput["peak_tflops_per_device"] > 0
+    assert throughput["mean_mfu"] == pytest.approx(sum(r["mfu"] for r in train) / 3)
+    assert "(measured CPU matmul)" in (out / "train.log").read_text()
+
+    # TensorBoard: every number of a row under train/ (eval_* under eval/), stored as float32.
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    for tag, key, source in (("train/loss", "loss", train), ("train/tokens_per_s", "tokens_per_s", train),
+                             ("train/mfu", "mfu", train), ("eval/loss", "eval_loss", evals)):  # fmt: skip
+        logged = {e.step: e.value for e in events.Scalars(tag)}
+        assert logged == pytest.approx({r["step"]: r[key] for r in source}, rel=1e-6), tag
+
+    # W&B: the offline run's log, read back: config, one history row per step (train and eval rows of
+    # a step merge), and the end-of-run summary.
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    records = list(_wandb_records(run_file))
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run.project == "llmft" and run.display_name == "run"
+    assert _items(run.config.update)["train"]["max_steps"] == 3
+    history = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            row = _items(r.history.item)
+            history.setdefault(row["_step"], {}).update(row)
+    assert sorted(history) == [1, 2, 3]
+    for row in train:
+        for key in ("loss", "tokens_per_s", "mfu", "lr", "real_tokens"):
+            assert history[row["step"]][f"train/{key}"] == row[key], key
+    assert history[3]["eval/loss"] == evals[0]["eval_loss"]
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update(_items(r.summary.update))
+    assert summary["mean_mfu"] == throughput["mean_mfu"] and summary["peak_source"] == "measured CPU matmul"
+    assert summary["estimated_total_bytes"] > 0 and summary["peak_rss_mib"] > 0
+    assert summary["train/loss"] == train[-1]["loss"]  # W&B's own last-value summary

@@ -100,15 +100,56 @@ def test_parameter_gradient_and_optimizer_bytes_are_exact(method, dtype):
     assert est.trainable_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("shards", [2, 3, 4, 8])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_rank0_shards_are_fsdp2s_chunks_for_uneven_first_dims(method, shards):
+    """The planner's sharding rule against FSDP2's own (``_chunk_with_empty``: torch.chunk along dim 0,
+    empty shards past the end) on rows that do not divide: a 1949-token vocabulary, 688 MLP rows over
+    3 or 8 ranks, LoRA's 16-row A matrices over 3, and norms. Rank 0 holds the largest shard; the
+    2-process test in tests/distributed covers an even split with real FSDP."""
+    import peft
+    from torch.distributed.fsdp._fully_shard._fsdp_common import _chunk_with_empty
+
+    vocab = 1949
+    with torch.device("meta"):
+        model = _tiny(vocab_size=vocab)
+        if method == "lora":
+            config = peft.LoraConfig(r=16, target_modules=list(MethodSpec().lora_targets))
+            model = peft.get_peft_model(model, config)
+    shape = shape_from_hf_config(model.config.to_dict(), "t")
+    assert shape.vocab_size == vocab
+    est = estimate(Setup(shape, MethodSpec(method), strategy="fsdp", gpus=shards, precision="fp32",
+                         base_dtype="fp32", device="cpu"))  # fmt: skip
+    rank0 = {n: _chunk_with_empty(p, shards, dim=0)[0] for n, p in model.named_parameters()}
+    assert est.parameter_bytes == sum(c.numel() * 4 for c in rank0.values())
+    trained = sum(rank0[n].numel() * 4 for n, p in model.named_parameters() if p.requires_grad)
+    assert est.gradient_bytes == trained
+    for t in inventory(shape, MethodSpec(method), "fp32").tensors:
+        rows = torch.empty(t.shape, device="meta")
+        assert t.shard_numel(shards) == _chunk_with_empty(rows, shards, dim=0)[0].numel(), t.name
+
+
 # ---------------------------------------------------------------------------------------------------
 # Activations: the bytes autograd saves for backward
 
 
-def _measure(model, blocks, batch: int, seq_len: int, autocast: bool) -> SavedTensors:
+def _packed_position_ids(batch: int, seq_len: int) -> torch.Tensor:
+    """Position ids of rows packed as the collator builds them: documents of a half, a quarter and the
+    rest of the row, each from 0 (the trainer passes these and no attention mask)."""
+    docs = [seq_len // 2, seq_len // 4, seq_len - seq_len // 2 - seq_len // 4]
+    return torch.cat([torch.arange(n) for n in docs]).repeat(batch, 1)
+
+
+def _measure(model, blocks, batch: int, seq_len: int, autocast: bool, packed: bool = False) -> SavedTensors:
     saved = SavedTensors(model, blocks)
     ids = torch.randint(0, 1900, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    rows = (
+        {"position_ids": _packed_position_ids(batch, seq_len)}
+        if packed
+        else {"attention_mask": torch.ones_like(ids)}
+    )
     with saved.active(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        logits = model(input_ids=ids, use_cache=False, **rows).logits
         token_loss_sum(logits, ids.clone())
     return saved
 
@@ -124,8 +165,22 @@ CASES = [  # method, base dtype, compute, frozen layers, model overrides
 ]  # fmt: skip
 
 
+PACKED_CASES = [CASES[3], CASES[1]]  # LoRA fp32, full with bf16 autocast
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-frozen{c[3]}-{len(c[4])}")
 def test_activation_term_matches_the_bytes_saved_for_backward(case):
+    _check_activation_term(case, packed=False)
+
+
+@pytest.mark.parametrize("case", PACKED_CASES, ids=lambda c: f"{c[0]}-{c[2]}")
+def test_activation_term_matches_the_bytes_saved_for_backward_with_packed_rows(case):
+    """Packed rows (what the benchmarks train on): per-row position ids and transformers' block-diagonal
+    mask, under which SDPA keeps a (T, T) bias per layer and K/V repeated to every query head."""
+    _check_activation_term(case, packed=True, sizes=((1, 32), (3, 80), (1, 256)))
+
+
+def _check_activation_term(case, packed: bool, sizes=((1, 32), (3, 80))) -> None:
     import peft
 
     method, dtype, compute, frozen, overrides = case
@@ -150,22 +205,45 @@ def test_activation_term_matches_the_bytes_saved_for_backward(case):
                 if frozen and ("embed" in name or any(f"layers.{i}." in name for i in range(frozen))):
                     parameter.requires_grad_(False)
         model.train()
-        for batch, seq_len in ((1, 32), (3, 80)):
+        for batch, seq_len in sizes:
             est = estimate(Setup(shape, spec, seq_len=seq_len, micro_batch=batch, precision=compute,
-                                 base_dtype=base, device="cpu", activation_checkpointing=checkpointing))  # fmt: skip
+                                 base_dtype=base, device="cpu", activation_checkpointing=checkpointing,
+                                 packed=packed))  # fmt: skip
             estimated = est.activation_bytes + est.autocast_copy_bytes
-            measured = _measure(model, blocks, batch, seq_len, compute == "bf16").bytes
+            measured = _measure(model, blocks, batch, seq_len, compute == "bf16", packed).bytes
             if checkpointing:
                 # The hooks see what checkpointing keeps (each block's input, and everything outside
                 # the blocks); in backward one block at a time is recomputed and holds its saved
                 # tensors: the largest block, measured in a pass without checkpointing.
                 getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
-                per_block = _measure(model, blocks, batch, seq_len, compute == "bf16").by_block()
+                per_block = _measure(model, blocks, batch, seq_len, compute == "bf16", packed).by_block()
                 measured += max(v for k, v in per_block.items() if k is not None)
                 _enable_activation_checkpointing(model)
             assert estimated == pytest.approx(measured, rel=0.25), (checkpointing, batch, seq_len)
             # The walk follows transformers' forward closely: far tighter than the 25% asked for.
             assert estimated == pytest.approx(measured, rel=0.02), (checkpointing, batch, seq_len)
+
+
+def test_a_run_plans_fp16_as_fp16_and_takes_the_mfu_peak_of_the_dtype_matmuls_run_in():
+    """An fp16 autocast is planned as fp16 (2-byte copies, an fp16 base), never relabelled bf16; without
+    autocast the MFU peak is that of the dtype the products run in (a bf16 base: the bf16 peak)."""
+    from llmft.memory.run import precisions, start
+
+    fp16_base = build_config({}, {"model.dtype": "float16"})
+    assert precisions(fp16_base, torch.float16) == ("fp16", "fp16")
+    assert precisions(fp16_base, None) == ("fp32", "fp16")
+    assert precisions(build_config({}, {"model.dtype": "bfloat16"}), None) == ("fp32", "bf16")
+    assert precisions(build_config(), torch.bfloat16) == ("bf16", "bf16")
+    assert precisions(build_config(), None) == ("fp32", "fp32")
+    gathered = build_config({}, {"distributed.strategy": "fsdp", "distributed.fsdp.param_dtype": "bfloat16"})
+    assert precisions(gathered, None) == ("fp32", "bf16")
+    four_bit = build_config({}, {"peft.method": "qlora", "model.compute_dtype": "float16"})
+    assert precisions(four_bit, None)[1] == "fp16"
+
+    result, _ = start(fp16_base, _tiny().config, CPU_ENV, torch.float16)
+    assert result.setup.precision == "fp16" and result.setup.storage == "fp16"
+    bf16 = estimate(result.setup.replace(precision="bf16", base_dtype="bf16"))
+    assert result.total_bytes == bf16.total_bytes  # same sizes, so the same plan, labelled honestly
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -204,6 +282,34 @@ def test_suggestions_come_smallest_first_and_fit():
     assert "use FSDP on" in combined.change and estimate(combined.setup).fits
 
 
+def test_a_combined_suggestion_holds_only_changes_it_needs():
+    """70B full fine-tuning on 24 GiB: LoRA makes the optimizer states small, so 8-bit AdamW adds
+    nothing, and LoRA needs fewer GPUs than full fine-tuning; each part left is needed."""
+    setup = Setup(KNOWN_ARCHITECTURES["llama-2-70b"], MethodSpec("full"), gpu_memory=24 * GIB)
+    (combined,) = suggestions(setup)
+    assert combined.change == (
+        "enable activation checkpointing + use FSDP on 16 GPUs + LoRA instead of full fine-tuning"
+    )
+    assert combined.flags == ("--activation-checkpointing", "--strategy fsdp", "--gpus 8", "--nodes 2",
+                              "--method lora")  # fmt: skip
+    new = combined.setup
+    assert new.optimizer == "adamw" and estimate(new).fits
+    assert not estimate(new.replace(activation_checkpointing=False)).fits
+    assert not estimate(new.replace(gpus=8, nodes=1)).fits  # 8 GPUs are not enough, 16 are the fewest
+    assert not estimate(new.replace(method=MethodSpec("full"))).fits
+
+
+def test_qlora_base_dtype_sets_the_unquantized_rest_of_the_base(capsys):
+    """--base-dtype is not ignored by QLoRA: the NF4 projections stay 4-bit, the embeddings, norms and
+    head take the dtype (llmft's QLoRA keeps them in model.dtype), and the table says so."""
+    shape = KNOWN_ARCHITECTURES["llama-2-7b"]
+    fp32, bf16 = (estimate(Setup(shape, MethodSpec("qlora"), base_dtype=d)) for d in ("fp32", "bf16"))
+    rest = 2 * shape.vocab_size * shape.hidden_size + (2 * shape.num_layers + 1) * shape.hidden_size
+    assert fp32.parameter_bytes - bf16.parameter_bytes == 2 * rest
+    assert main(["estimate", "--model", "llama-2-7b", "--method", "qlora", "--base-dtype", "fp32"]) == 0
+    assert "base NF4 (embeddings, norms and head fp32)" in capsys.readouterr().out
+
+
 def test_parse_size():
     assert parse_size("24GiB") == 24 * GIB and parse_size("80GB") == 80e9 and parse_size("16") == 16 * GIB
 
@@ -240,6 +346,7 @@ def test_estimate_json_keys_are_stable():
      (["--model", "llama-2-7"], "did you mean 'llama-2-7b'?"),
      (["--method", "lora", "--num-frozen-layers", "2"], "--num-frozen-layers / --head-only apply to --method full"),
      (["--seq-len", "0"], "--seq-len 0: give a whole number"),
+     (["--strategy", "hsdp", "--gpus", "4", "--nodes", "1"], "--strategy hsdp with --nodes 1 has one replica"),
      (["--train.lr", "1"], "estimate: unknown flag '--train.lr'")],
 )  # fmt: skip
 def test_estimate_bad_arguments_are_one_line_errors(flags, message, capsys):

@@ -32,6 +32,7 @@ class ActivationSetup:
     autocast: bool
     mask_bytes: int = 1  # LoRA dropout mask per element: bool on CUDA; the input's dtype on CPU
     attention: str = "sdpa"  # sdpa (flash / memory-efficient: no T x T matrix) or eager
+    packed: bool = False  # packed rows: per-row position ids and a block-diagonal 4-D mask
 
 
 @dataclass
@@ -166,6 +167,11 @@ class _Walk:
         else:
             # SDPA keeps q, k, v, its output and the fp32 log-sum-exp per head (no T x T matrix).
             total = (2 * qd + 2 * kvd) * c + 4 * nh
+            if self.setup.packed:
+                # Packed rows reach SDPA with a block-diagonal mask; transformers then repeats K and V
+                # to every query head (no GQA in SDPA with a mask), and SDPA keeps the mask as a float
+                # bias in the compute dtype, one (T, T) matrix per row in every layer.
+                total += 2 * (qd - kvd) * c + rows * c
         if spec.name == "prefix":  # the virtual tokens' keys and values, for every row
             total += 2 * kvd * c * spec.num_virtual_tokens / rows
         if layer in self.adapted:
@@ -204,8 +210,12 @@ class _Walk:
             head_copies = self.c * s.vocab_size * s.hidden_size
         # The loss: fp32 log-softmax over the vocabulary (kept by the NLL) and the shifted int64 labels.
         outside += 4 * s.vocab_size + 8
-        # Rotary cos and sin, one (T, head_dim) pair in the residual dtype, shared by every block.
+        # Rotary cos and sin, one (T, head_dim) pair in the residual dtype, shared by every block; one
+        # pair per row for packed rows (their position ids restart at every document).
         per_micro_batch = 2 * self._rows * s.head_size * self.st
+        if self.setup.packed:
+            outside += 2 * s.head_size * self.st
+            per_micro_batch = 0
         return ActivationBytes(blocks, outside, per_micro_batch, copies, head_copies,
                                self.st * s.hidden_size, self._rows)  # fmt: skip
 

@@ -71,6 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adamw", metavar="|".join(OPTIMIZERS))
     p.add_argument("--cpu-offload", action="store_true", help="FSDP: shards and optimizer on the CPU")
     p.add_argument("--attention", default="sdpa", metavar="sdpa|eager")
+    p.add_argument(
+        "--packing", action="store_true", help="rows packed with several documents (a T x T mask per layer)"
+    )
     p.add_argument("--gpu-memory", default=None, metavar="SIZE", help="memory per GPU, e.g. 24GiB or 80GB")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON (keys: docs/memory.md)")
     return p
@@ -112,6 +115,7 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         optimizer=args.optimizer,
         cpu_offload=args.cpu_offload,
         attention=args.attention,
+        packed=args.packing,
         gpu_memory=parse_size(args.gpu_memory) if args.gpu_memory else None,
     )
 

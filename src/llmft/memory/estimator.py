@@ -44,6 +44,7 @@ class Setup:
     optimizer: str = "adamw"
     cpu_offload: bool = False
     attention: str = "sdpa"
+    packed: bool = False  # rows packed with several documents (a block-diagonal attention mask)
     device: str = "cuda"
     gpu_memory: float | None = None  # bytes per GPU, for the fit check
 
@@ -81,6 +82,11 @@ class Setup:
             raise UserError(
                 f"--strategy single runs one process, but --gpus {self.gpus} x --nodes {self.nodes} = "
                 f"{self.world_size}; use --strategy ddp or fsdp, or --gpus 1"
+            )
+        if self.strategy == "hsdp" and self.nodes < 2:
+            raise UserError(
+                f"--strategy hsdp with --nodes {self.nodes} has one replica, which is plain FSDP; give "
+                f"--nodes N (N replicas, each sharded over one node's --gpus) or use --strategy fsdp"
             )
         if self.cpu_offload and self.strategy not in ("fsdp", "hsdp"):
             raise UserError("--cpu-offload needs --strategy fsdp or hsdp (FSDP2 offloads shards)")
@@ -159,7 +165,7 @@ def estimate(setup: Setup) -> Estimate:
     autocast = setup.precision != "fp32"
     compute_bytes = DTYPE_BYTES[setup.precision] if autocast else store_bytes
     act_setup = ActivationSetup(store_bytes, compute_bytes, autocast, 1 if setup.device == "cuda" else 4,
-                                setup.attention)  # fmt: skip
+                                setup.attention, setup.packed)  # fmt: skip
     acts = activation_bytes(setup.shape, setup.method, inv, act_setup, setup.seq_len)
     tokens = setup.micro_batch * acts.tokens_per_row
     copies = acts.weight_copies(setup.micro_batch, setup.activation_checkpointing)
@@ -169,6 +175,9 @@ def estimate(setup: Setup) -> Estimate:
         # The logits (compute dtype) and, in backward, the fp32 gradient of the loss over them.
         "logits": tokens * setup.shape.vocab_size * (compute_bytes + 4),
     }
+    if setup.packed:
+        # The boolean block-diagonal mask transformers builds from the position ids, (B, 1, T, T).
+        temporary["packed_attention_mask"] = setup.micro_batch * acts.tokens_per_row**2
     if sharded:
         block = [t for t in inv.tensors if t.block == 0]
         gather = DTYPE_BYTES[setup.fsdp_param_dtype] if setup.fsdp_param_dtype else None
@@ -300,16 +309,58 @@ def suggestions(setup: Setup, limit: int = 3) -> list[Suggestion]:
             return found
     if found:
         return found
-    current, steps = setup, {}  # change -> its flags, in order
+    current, steps = setup, []  # the changes, in order
     for change, _, _ in _changes(setup):
-        candidates = [(f, n) for c, f, n in _changes(current) if c == change]
-        if not candidates or estimate(candidates[0][1]).total_bytes >= estimate(current).total_bytes:
+        candidates = [n for c, _, n in _changes(current) if c == change]
+        if not candidates or estimate(candidates[0]).total_bytes >= estimate(current).total_bytes:
             continue
         if change.startswith("use FSDP on"):  # more GPUs replace fewer
-            steps = {c: f for c, f in steps.items() if "FSDP" not in c}
-        current, steps[change] = candidates[0][1], candidates[0][0]
-        result = estimate(current)
-        if result.fits:
-            flags = tuple(flag for f in steps.values() for flag in f)
-            return [Suggestion(" + ".join(steps), flags, current, result.total_bytes)]
+            steps = [c for c in steps if "FSDP" not in c]
+        current, steps = candidates[0], [*steps, change]
+        if estimate(current).fits:
+            return [_combined(setup, _needed(setup, steps))]
     return []
+
+
+def _apply(setup: Setup, steps: list[str]) -> tuple[Setup, tuple[str, ...]] | None:
+    """``setup`` with the named changes made in order, and their flags; None if one does not apply."""
+    flags: tuple[str, ...] = ()
+    for step in steps:
+        match = [(f, n) for c, f, n in _changes(setup) if c == step]
+        if not match:
+            return None
+        flags, setup = flags + match[0][0], match[0][1]
+    return setup, flags
+
+
+def _fits(setup: Setup, steps: list[str]) -> bool:
+    applied = _apply(setup, steps)
+    return applied is not None and bool(estimate(applied[0]).fits)
+
+
+def _needed(setup: Setup, steps: list[str]) -> list[str]:
+    """The changes of a fitting combination without those it fits without (8-bit AdamW adds nothing
+    once LoRA leaves few optimizer states), tried from the costliest (added last) down; then the
+    fewest GPUs that still fit when the combination scales out."""
+    for step in reversed(list(steps)):
+        trial = [s for s in steps if s != step]
+        if _fits(setup, trial):
+            steps = trial
+
+    def scales_out(change: str) -> bool:
+        return change.startswith("use FSDP on ") and "same" not in change
+
+    scale_out = next((s for s in steps if scales_out(s)), None)
+    if scale_out is not None:
+        for fewer in (c for c, _, _ in _changes(setup) if scales_out(c)):  # smallest first
+            trial = [fewer if s == scale_out else s for s in steps]
+            if _fits(setup, trial):
+                return trial
+    return steps
+
+
+def _combined(setup: Setup, steps: list[str]) -> Suggestion:
+    applied = _apply(setup, steps)
+    assert applied is not None  # the steps were checked to apply and fit
+    new, flags = applied
+    return Suggestion(" + ".join(steps), flags, new, estimate(new).total_bytes)

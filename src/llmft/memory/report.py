@@ -44,12 +44,20 @@ def _method_text(est: Estimate) -> str:
     return "full, head only" if spec.head_only else spec.name
 
 
+def _base_text(est: Estimate) -> str:
+    """QLoRA's block projections are NF4 whatever --base-dtype says; it sets the rest of the base."""
+    if est.setup.method.name == "qlora":
+        return f"NF4 (embeddings, norms and head {est.setup.storage})"
+    return est.setup.storage
+
+
 def describe_setup(est: Estimate) -> str:
     s = est.setup
     return (
         f"{s.shape.name}, {_method_text(est)}, {s.strategy} on {s.gpus} "
         f"{'GPU(s)' if s.device == 'cuda' else 'process(es)'} x {s.nodes} node(s), "
-        f"{s.micro_batch} x {s.seq_len} tokens per micro-batch, {s.precision} compute, base {s.storage}, "
+        f"{s.micro_batch} x {s.seq_len} tokens per micro-batch{' (packed)' if s.packed else ''}, "
+        f"{s.precision} compute, base {_base_text(est)}, "
         f"{s.optimizer}{', activation checkpointing' if s.activation_checkpointing else ''}"
         f"{', CPU offload' if s.cpu_offload else ''}"
     )
@@ -128,6 +136,7 @@ def estimate_json(est: Estimate, advice: bool = True) -> dict[str, Any]:
             "optimizer": s.optimizer,
             "cpu_offload": s.cpu_offload,
             "attention": s.attention,
+            "packed": s.packed,
             "device": s.device,
         },
         "parameters": {"total": est.parameters, "trainable": est.trainable_parameters},

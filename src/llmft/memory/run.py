@@ -60,6 +60,7 @@ def run_setup(cfg: Config, hf_config: Any, world_size: int, device: torch.device
         optimizer="adamw",
         cpu_offload=dist.fsdp.cpu_offload,
         attention=cfg.model.attn_implementation,
+        packed=cfg.data.batching == "packing",
         device=device.type,
         gpu_memory=memory,
     )
@@ -91,6 +92,21 @@ def compare(result: Estimate, measured: dict[str, float]) -> tuple[dict[str, Any
     return section, lines
 
 
+def precisions(cfg: Config, compute_dtype: torch.dtype | None) -> tuple[str, str]:
+    """(autocast precision for the planner, precision the matrix products run in for the MFU peak).
+
+    The first is fp32 without autocast, else the autocast dtype (bf16 or fp16, never relabelled). The
+    second is the autocast dtype, else the dtype FSDP gathers the weights in, else a 4-bit base's
+    ``model.compute_dtype``, else the storage dtype: a LoRA over a bf16 base without autocast multiplies
+    in bf16, so its MFU is against the bf16 peak, not the (up to 15x lower) fp32 one.
+    """
+    compute = "fp32" if compute_dtype is None else _DTYPES[str(compute_dtype).removeprefix("torch.")]
+    if compute_dtype is not None:
+        return compute, compute
+    quantized = cfg.model.compute_dtype if cfg.model.quantization == "4bit" else None
+    return compute, _DTYPES[cfg.distributed.fsdp.param_dtype or quantized or cfg.model.dtype]
+
+
 def start(cfg: Config, hf_config: Any, env, compute_dtype: torch.dtype | None):
     """Log the run's memory estimate and build the step observer; returns (estimate, observer)."""
     import logging
@@ -98,12 +114,12 @@ def start(cfg: Config, hf_config: Any, env, compute_dtype: torch.dtype | None):
     from llmft.memory.params import inventory
     from llmft.train.observe import Observer, flops_model, peak_flops
 
-    compute = "fp32" if compute_dtype is None else "bf16"
+    compute, matmul = precisions(cfg, compute_dtype)
     setup = run_setup(cfg, hf_config, env.world_size, env.device, compute)
     result, table = plan(setup)
     log = logging.getLogger("llmft")
     log.info("%s", table)
-    peak, source = peak_flops(env.device, compute, cfg.logging.peak_tflops, cfg.logging.measure_cpu_peak)
+    peak, source = peak_flops(env.device, matmul, cfg.logging.peak_tflops, cfg.logging.measure_cpu_peak)
     flops = flops_model(setup.shape, inventory(setup.shape, setup.method, setup.storage))
     log.info(
         "FLOPs per token: %.3g dense + %.3g x row length (attention); peak %s",

@@ -100,9 +100,12 @@ class MetricsLogger:
             )
 
     def summary(self, values: dict[str, Any]) -> None:
-        """Record end-of-run figures in W&B's run summary (metrics.jsonl holds only per-step rows)."""
+        """Record end-of-run figures in W&B's run summary (metrics.jsonl holds only per-step rows):
+        numbers, and strings such as where the MFU peak came from."""
         if self._wandb is not None:
-            self._wandb.summary.update({k: v for k, v in values.items() if isinstance(v, (int, float))})
+            self._wandb.summary.update(
+                {k: finite_or_none(v) for k, v in values.items() if isinstance(v, (int, float, str))}
+            )
 
     def close(self) -> None:
         self._file.close()

@@ -110,7 +110,7 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
         peak = gpu_peak_flops(name, precision)
         return peak, f"{name} datasheet" if peak else f"{name} (unknown: set logging.peak_tflops)"
     if measure_cpu:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         return measure_cpu_peak(dtype), "measured CPU matmul"
     return None, "CPU (set logging.measure_cpu_peak for a measured peak)"
 
