@@ -372,3 +372,15 @@ def test_the_docs_estimate_table_is_the_planners():
     script = Path(__file__).resolve().parents[2] / "scripts" / "memory_table.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_estimate_counts_a_lora_adapter_on_lm_head_by_its_shape():
+    """--lora-targets takes lm_head like the run does; its adapter is r x (hidden + vocab) parameters."""
+
+    def trainable(targets: str) -> int:
+        result = run_cli("estimate", "--model", "llama-2-7b", "--method", "lora", "--lora-r", "8",
+                         "--lora-targets", targets, "--json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["parameters"]["trainable"]
+
+    assert trainable("q_proj,lm_head") - trainable("q_proj") == 8 * (4096 + 32000)

@@ -8,7 +8,7 @@ import json
 from llmft.errors import UserError
 from llmft.memory.architectures import KNOWN_ARCHITECTURES, resolve_shape
 from llmft.memory.estimator import OPTIMIZERS, STRATEGIES, Setup, estimate
-from llmft.memory.params import LLAMA_LINEARS, METHODS, MethodSpec
+from llmft.memory.params import LLAMA_LINEARS, LORA_TARGETS, METHODS, MethodSpec
 from llmft.memory.report import estimate_json, format_estimate, parse_size
 
 DESCRIPTION = """Estimate the memory of one training rank before launching: parameters, gradients, optimizer
@@ -92,9 +92,9 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
     if not 0 <= args.lora_dropout < 1:
         raise UserError(f"--lora-dropout {args.lora_dropout}: give a probability in [0, 1)")
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-    bad = [t for t in targets if t not in LLAMA_LINEARS]
+    bad = [t for t in targets if t not in LORA_TARGETS]
     if bad or not targets:
-        raise UserError(f"--lora-targets {args.lora_targets!r}: use some of {','.join(LLAMA_LINEARS)}")
+        raise UserError(f"--lora-targets {args.lora_targets!r}: use some of {','.join(LORA_TARGETS)}")
     if args.num_virtual_tokens < 1:
         raise UserError(f"--num-virtual-tokens {args.num_virtual_tokens}: give at least 1")
     method = MethodSpec(name=args.method, lora_r=args.lora_r, lora_dropout=args.lora_dropout,
