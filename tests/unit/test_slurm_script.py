@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import run_cli
-from llmft.launch.slurm import SlurmJob, render, seed_argv, template_text
+from llmft.launch.slurm import SlurmJob, job_from_args, render, seed_argv, template_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,6 +115,18 @@ def test_cpu_runs_ask_for_no_gpus_and_hsdp_replicates_across_nodes(tmp_path):
         (["--num_gpus", "2"], "did you mean '--num_gpu'"),
         (["--nodes", "2", "--hsdp", "--sbatch", "exclusive"], "--sbatch 'exclusive'"),
         (["--nodes", "2", "--hsdp", "--out", "no/such/dir/x.sbatch"], "folder 'no/such/dir' not found"),
+        (["--nodes", "2", "--hsdp", "--time", "banana"], "--time 'banana': give a Slurm time limit"),
+        (["--nodes", "2", "--hsdp", "--time", "1:2:3:4"], "--time '1:2:3:4'"),
+        (
+            ["--nodes", "2", "--hsdp", "--job-name", "my job"],
+            "--job-name 'my job': give a name without spaces",
+        ),
+        (["--nodes", "2", "--hsdp", "--partition", "a b"], "--partition 'a b': give a name without spaces"),
+        (["--nodes", "2", "--hsdp", "--account", ""], "--account '': give a name without spaces"),
+        (
+            ["--nodes", "2", "--hsdp", "--distributed.strategy", "ddp"],
+            "--hsdp is FSDP sharded within each node",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, message):
@@ -134,3 +146,12 @@ def test_submit_without_sbatch_is_an_error_and_the_seed_shim_submits_fsdp(tmp_pa
     assert seed_argv(["--num_nodes", "2"]) == ["slurm", "--submit", "--num_nodes", "2",
                                                 "--distributed.strategy", "fsdp"]  # fmt: skip
     assert seed_argv(["--distributed.strategy=ddp"]) == ["slurm", "--submit", "--distributed.strategy=ddp"]
+
+
+@pytest.mark.parametrize("limit", ["30", "30:00", "24:00:00", "2-12", "2-12:30", "2-12:30:00", "UNLIMITED"])
+def test_every_slurm_time_format_is_written(limit):
+    from llmft.cli import build_parser
+
+    args, overrides = build_parser().parse_known_args(["slurm", "--time", limit])
+    job = job_from_args(args, overrides)
+    assert f"--time={limit}" in _sbatch_lines(render(job))
