@@ -8,7 +8,11 @@ module-scoped fixture that several tests read, so the suite pays for it once.
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,6 +182,54 @@ def test_fsdp_resumed_from_its_sharded_checkpoint_gives_identical_losses(
     resumed, _ = _launch(tmp_path_factory, f"{fixture}-resumed", 2, settings,
                          "-m", "llmft", "finetune", "--resume", str(checkpoint))  # fmt: skip
     assert _losses(resumed) == _losses(out)[2:]
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` now (Linux: the SigCgt mask of /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_usr1_before_the_model_loads_stops_every_rank_with_75_and_trains_nothing(tmp_path, fsdp_lora):
+    """Slurm's warning can come while a big model is still loading: it must not be lost. Rank 0 starts
+    with USR1 ignored (as llmft.sbatch starts torchrun) and gets USR1 as soon as llmft's handler is in,
+    which is before it can join the process group (rank 1 is started only afterwards), so the signal
+    certainly comes before the model loads. Both ranks exit 75 before the first step; the in-place
+    resume's latest checkpoint stays as it was."""
+    out = tmp_path / "run"
+    shutil.copytree(fsdp_lora[0], out)
+    shutil.rmtree(out / "checkpoints" / "step-000004")
+    (out / "checkpoints" / "latest").write_text("step-000002\n")
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in (out / "checkpoints").rglob("*"))
+    command = [sys.executable, "-m", "llmft", "finetune", *_flags(FSDP_LORA), "--output_dir", str(out),
+               "--resume", "auto"]  # fmt: skip
+    port = str(free_port())
+
+    def start(rank: int, **popen) -> subprocess.Popen:
+        env = dist_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                       MASTER_ADDR="localhost", MASTER_PORT=port)  # fmt: skip
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen
+        )
+
+    rank0 = start(0, preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while not _catches(rank0.pid, signal.SIGUSR1):
+        assert rank0.poll() is None and time.monotonic() < deadline, rank0.communicate()[1][-2000:]
+        time.sleep(0.005)
+    rank0.send_signal(signal.SIGUSR1)
+    rank1 = start(1)
+    outputs = [p.communicate(timeout=600) for p in (rank0, rank1)]
+    assert [rank0.returncode, rank1.returncode] == [75, 75], [err[-3000:] for _, err in outputs]
+    last = outputs[0][1].strip().splitlines()[-1]
+    assert last.startswith("llmft: stopped by SIGUSR1 before training started (at step 2)"), last
+    assert "llmft: stopped" not in outputs[1][1]  # rank 1 stopped with rank 0, and reported nothing
+    assert "resuming from" in (out / "train.log").read_text()
+    assert max(r["step"] for r in _rows(out)) == 2  # no step after the checkpoint's
+    after = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in (out / "checkpoints").rglob("*"))
+    assert after == before and (out / "checkpoints" / "latest").read_text().strip() == "step-000002"
 
 
 def test_a_sharded_checkpoint_resumes_in_one_process_and_exports_for_plain_peft(tmp_path, fsdp_lora):

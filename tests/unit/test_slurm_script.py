@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,55 @@ def test_every_slurm_time_format_is_written(limit):
     args, overrides = build_parser().parse_known_args(["slurm", "--time", limit])
     job = job_from_args(args, overrides)
     assert f"--time={limit}" in _sbatch_lines(render(job))
+
+
+# Stand-ins for the Slurm commands the batch script calls, enough to run it on this machine: srun runs
+# its command (one node), torchrun starts one llmft process in its own place (exec keeps the pid that
+# srun recorded), scancel signals that process, scontrol records the requeue.
+FAKE_SLURM = {
+    "srun": 'while [[ $1 == --* ]]; do shift; done\necho $$ >"$FAKE_SLURM/step.pid"\nexec "$@"\n',
+    "torchrun": 'while [[ $1 == --* ]]; do shift; done\nexec "$PYTHON" "$@"\n',
+    "scancel": 'kill -s "${1#--signal=}" "$(cat "$FAKE_SLURM/step.pid")"\n',
+    "scontrol": 'case "$1 $2" in\n"show hostnames") echo localhost ;;\n'
+                'requeue*) echo "requeue $2" >>"$FAKE_SLURM/requeued" ;;\nesac\n',
+}  # fmt: skip
+
+
+def _catches_usr1(pid: int) -> bool:
+    """Whether process ``pid`` has a USR1 handler (Linux: the SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status")
+    masks = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")]
+    return bool(masks) and bool(int(masks[0], 16) >> (signal.SIGUSR1 - 1) & 1)
+
+
+def test_usr1_to_the_batch_script_reaches_llmft_and_the_job_is_requeued(tmp_path):
+    """The path of Slurm's time-limit warning, with stand-ins for srun/scancel/scontrol: USR1 to the
+    batch script as soon as llmft listens (still importing, or loading the model) is forwarded to the
+    step; llmft exits 75 and the script requeues the job and exits 75 itself."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (fake / name).write_text("#!/bin/bash\n" + body)
+        (fake / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLMFT_"))}
+    env.update(PATH=f"{fake}:{Path(sys.executable).parent}:{env['PATH']}", PYTHON=sys.executable,
+               FAKE_SLURM=str(tmp_path), SLURM_JOB_ID="4242", SLURM_NNODES="1",
+               SLURM_JOB_NODELIST="localhost", LLMFT_NPROC_PER_NODE="1", OMP_NUM_THREADS="1")  # fmt: skip
+    script = tmp_path / "llmft.sbatch"
+    script.write_text(template_text())
+    flags = ["--train.max_steps", "2000", "--train.progress", "false", "--data.max_samples", "40",
+             "--logging.plot", "false", "--logging.tensorboard", "false", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    batch = subprocess.Popen(["bash", str(script), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env)  # fmt: skip
+    deadline = time.monotonic() + 120
+    pid_file = tmp_path / "step.pid"
+    while not (
+        pid_file.is_file() and pid_file.read_text().strip() and _catches_usr1(int(pid_file.read_text()))
+    ):
+        assert batch.poll() is None and time.monotonic() < deadline, batch.communicate()[0][-3000:]
+        time.sleep(0.005)
+    batch.send_signal(signal.SIGUSR1)
+    output = batch.communicate(timeout=300)[0]
+    assert batch.returncode == 75, output[-3000:]
+    assert "llmft: stopped by SIGUSR1" in output and "requeueing job 4242" in output
+    assert (tmp_path / "requeued").read_text() == "requeue 4242\n"
