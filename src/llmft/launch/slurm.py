@@ -170,9 +170,8 @@ def _check_words(args: argparse.Namespace) -> None:
     for flag, value in (("--job-name", args.job_name), ("--partition", args.partition),
                         ("--account", args.account)):  # fmt: skip
         if value is not None and (not value or any(c.isspace() for c in value)):
-            raise UserError(
-                f"{flag} '{value}': give a name without spaces (e.g. {value.strip().replace(' ', '-') or 'llmft'})"
-            )
+            example = re.sub(r"\s+", "-", value.strip()) or "llmft"
+            raise UserError(f"{flag} '{value}': give a name without spaces (e.g. {example})")
 
 
 def job_from_args(args: argparse.Namespace, overrides: list[str]) -> SlurmJob:
