@@ -218,14 +218,23 @@ def test_usr1_before_the_model_loads_stops_every_rank_with_75_and_trains_nothing
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen
         )
 
-    rank0 = start(0, preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
-    deadline = time.monotonic() + 120
-    while not _catches(rank0.pid, signal.SIGUSR1):
-        assert rank0.poll() is None and time.monotonic() < deadline, rank0.communicate()[1][-2000:]
-        time.sleep(0.005)
-    rank0.send_signal(signal.SIGUSR1)
-    rank1 = start(1)
-    outputs = [p.communicate(timeout=600) for p in (rank0, rank1)]
+    processes = [start(0, preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))]
+    rank0 = processes[0]
+    try:
+        deadline = time.monotonic() + 120
+        while not _catches(rank0.pid, signal.SIGUSR1):
+            assert rank0.poll() is None, rank0.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "rank 0 installed no USR1 handler before joining the group"
+            time.sleep(0.005)
+        rank0.send_signal(signal.SIGUSR1)
+        processes.append(start(1))
+        outputs = [p.communicate(timeout=600) for p in processes]
+    finally:
+        for process in processes:  # a failed check must not leave rank 0 waiting for rank 1
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    rank1 = processes[1]
     assert [rank0.returncode, rank1.returncode] == [75, 75], [err[-3000:] for _, err in outputs]
     last = outputs[0][1].strip().splitlines()[-1]
     assert last.startswith("llmft: stopped by SIGUSR1 before training started (at step 2)"), last

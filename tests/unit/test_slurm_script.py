@@ -195,17 +195,24 @@ def test_usr1_to_the_batch_script_reaches_llmft_and_the_job_is_requeued(tmp_path
     script.write_text(template_text())
     flags = ["--train.max_steps", "2000", "--train.progress", "false", "--data.max_samples", "40",
              "--logging.plot", "false", "--logging.tensorboard", "false", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    # A session of its own, so that a failed check can end the script and the llmft it started.
     batch = subprocess.Popen(["bash", str(script), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=env)  # fmt: skip
-    deadline = time.monotonic() + 120
+                             text=True, env=env, start_new_session=True)  # fmt: skip
     pid_file = tmp_path / "step.pid"
-    while not (
-        pid_file.is_file() and pid_file.read_text().strip() and _catches_usr1(int(pid_file.read_text()))
-    ):
-        assert batch.poll() is None and time.monotonic() < deadline, batch.communicate()[0][-3000:]
-        time.sleep(0.005)
-    batch.send_signal(signal.SIGUSR1)
-    output = batch.communicate(timeout=300)[0]
+    try:
+        deadline = time.monotonic() + 120
+        while not (
+            pid_file.is_file() and pid_file.read_text().strip() and _catches_usr1(int(pid_file.read_text()))
+        ):
+            assert batch.poll() is None, batch.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "llmft installed no USR1 handler in 120 s"
+            time.sleep(0.005)
+        batch.send_signal(signal.SIGUSR1)
+        output = batch.communicate(timeout=300)[0]
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+            batch.communicate()
     assert batch.returncode == 75, output[-3000:]
     assert "llmft: stopped by SIGUSR1" in output and "requeueing job 4242" in output
     assert (tmp_path / "requeued").read_text() == "requeue 4242\n"
