@@ -254,17 +254,23 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         print(config.model_copy(update={"output_dir": str(config.resolved_output_dir())}).to_yaml(), end="")
         return 0
     _setup_logging()
-    from llmft.finetune import finetune  # heavy imports (torch, transformers) only when training
-    from llmft.train.trainer import EXIT_PREEMPTED, Preempted
+    from llmft.launch import stop as stop_requests
 
-    try:
-        result = finetune(config, overwrite=args.overwrite, resume=args.resume)
-    except Preempted as stop:
-        if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process
-            print(
-                f"llmft: {stop}; continue with --resume auto (exit status {EXIT_PREEMPTED})", file=sys.stderr
-            )
-        return EXIT_PREEMPTED
+    # A scheduler's SIGUSR1/SIGTERM is recorded from here, before the heavy imports and the model load:
+    # training then stops before its first step (llmft.launch.stop).
+    with stop_requests.listen():
+        from llmft.finetune import finetune  # heavy imports (torch, transformers) only when training
+        from llmft.train.trainer import EXIT_PREEMPTED, Preempted
+
+        try:
+            result = finetune(config, overwrite=args.overwrite, resume=args.resume)
+        except Preempted as stop:
+            if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process
+                print(
+                    f"llmft: {stop}; continue with --resume auto (exit status {EXIT_PREEMPTED})",
+                    file=sys.stderr,
+                )
+            return EXIT_PREEMPTED
     if result.is_main:  # one report per run, not one per process
         print(result.report())
     return 0

@@ -52,6 +52,7 @@ from llmft.errors import UserError
 from llmft.evaluation.generations import generation_eval_hook
 from llmft.inference.generate import generate_text
 from llmft.inference.predict import classify
+from llmft.launch import stop as stop_requests
 from llmft.memory import run as memory_run
 from llmft.models.build import build_model
 from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
@@ -189,13 +190,16 @@ def finetune(cfg: Config, overwrite: bool = False, resume: str | None = None) ->
     """Run one fine-tuning job described by ``cfg``; see the module docstring for the order.
 
     ``resume``: ``auto`` (the latest checkpoint in the run folder, if any) or a checkpoint or run folder.
+    SIGTERM and SIGUSR1 are recorded from here on (a scheduler's warning that comes while the model is
+    still loading): training then stops before its first step (:class:`~llmft.train.trainer.Preempted`).
     """
     output_dir = cfg.resolved_output_dir()
     plan, overwrite = _plan_resume(resume, output_dir, overwrite, _inputs(cfg))
     run_log = _RunLog()
     finished = False
     try:
-        result = _finetune(cfg, output_dir, overwrite, run_log, plan)
+        with stop_requests.listen():
+            result = _finetune(cfg, output_dir, overwrite, run_log, plan)
         finished = True
         return result
     finally:

@@ -6,26 +6,31 @@ requires_grad in one FSDP unit), trains a few steps and writes, per rank, what i
 optimizer-state bytes of its shards) and, on rank 0, which weights changed. Then, for the memory
 planner, full fine-tuning and LoRA without freezing: one step each, with the bytes of this rank's
 parameter, gradient and optimizer-state shards measured between backward and the optimizer step.
+Then LoRA with FSDP mixed precision (parameters gathered and computed in bfloat16) against the same
+run in float32, and LoRA under DDP with every forward and every gradient all-reduce recorded in order
+(accumulation 2: DDP's ``no_sync`` must leave the first micro-batch's backward without one).
 
     torchrun --nproc_per_node 2 tests/distributed/fsdp_worker.py OUT_DIR
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import sys
 from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from llmft.config import DistributedSection, ModelSection, PeftSection, build_config
+from llmft.config import DistributedSection, FsdpSection, ModelSection, PeftSection, build_config
 from llmft.data.pipeline import prepare_data
-from llmft.distributed.env import setup_distributed, teardown_distributed
+from llmft.distributed.env import DistEnv, setup_distributed, teardown_distributed
 from llmft.distributed.loading import load_sharded
-from llmft.distributed.parallelize import local_bytes, optimizer_state_tensors
+from llmft.distributed.parallelize import apply_ddp, local_bytes, optimizer_state_tensors
 from llmft.memory.measure import optimizer_state, tensor_bytes
-from llmft.models.loader import load_tokenizer, resolve_model
+from llmft.models.loader import load_causal_lm, load_tokenizer, resolve_model
 from llmft.peft.methods import apply_method
 from llmft.train.trainer import Trainer
 
@@ -62,6 +67,37 @@ def measured_terms(source, cfg, env, data, tokenizer, method: str) -> dict[str, 
     }
 
 
+def lora_losses(source, cfg, env, data, tokenizer, param_dtype: str | None) -> list[float]:
+    """The losses of a short FSDP LoRA run with parameters gathered in ``param_dtype``."""
+    lora = PeftSection(method="lora", lora={"dropout": 0.0})
+    model = load_sharded(source, cfg.model, lambda m: apply_method(m, lora), FsdpSection(param_dtype=param_dtype),
+                         env)  # fmt: skip
+    return Trainer(model, cfg.train, data.train, None, tokenizer.pad_token_id, env).fit().losses
+
+
+def ddp_events(source, cfg, env, data, tokenizer, steps: int = 2) -> list[str]:
+    """Every forward and every gradient all-reduce (one per bucket) of ``steps`` DDP optimizer steps,
+    in order: the all-reduces are counted by a communication hook that wraps DDP's default one."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    events: list[str] = []
+
+    def counting_allreduce(state, bucket):
+        events.append("allreduce")
+        return allreduce_hook(state, bucket)
+
+    ddp_env = DistEnv(env.rank, env.world_size, env.local_rank, env.device, "ddp")
+    model = apply_method(load_causal_lm(source, cfg.model, env.device), PeftSection(method="lora"))
+    model = apply_ddp(model, ddp_env)
+    model.register_comm_hook(None, counting_allreduce)
+    model.register_forward_pre_hook(lambda module, args: events.append("forward"))
+    trainer = Trainer(model, cfg.train, data.train, None, tokenizer.pad_token_id, ddp_env)
+    for _, micro_batches in itertools.islice(trainer.global_batches(), steps):
+        trainer.train_step(micro_batches)
+        events.append("step")
+    return events
+
+
 def main(out: Path) -> None:
     cfg = build_config(
         {},
@@ -69,6 +105,11 @@ def main(out: Path) -> None:
          "train.batch_size": 8, "train.micro_batch_size": 2, "data.max_samples": 48},
     )  # fmt: skip
     source = resolve_model(ModelSection())  # before the process group: presets are written by all
+    logged: list[str] = []  # llmft's log lines (rank 0 logs INFO, the other ranks warnings only)
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("llmft").addHandler(handler)
+    logging.getLogger("llmft").setLevel(logging.INFO)
     env = setup_distributed(DistributedSection(strategy="fsdp", device="cpu"))
     tokenizer = load_tokenizer(source, cfg.model)
     data = prepare_data(cfg.data, tokenizer, cfg.train.seed)
@@ -95,6 +136,12 @@ def main(out: Path) -> None:
     report["terms"] = {
         method: measured_terms(source, cfg, env, data, tokenizer, method) for method in ("none", "lora")
     }
+    report["lora_losses"] = {
+        dtype or "float32": lora_losses(source, cfg, env, data, tokenizer, dtype)
+        for dtype in (None, "bfloat16")
+    }
+    report["ddp_events"] = ddp_events(source, cfg, env, data, tokenizer)
+    report["logged"] = logged
     (out / f"rank{env.rank}.json").write_text(json.dumps(report))
     teardown_distributed()
 

@@ -61,3 +61,16 @@ def test_fsdp_options_need_the_fsdp_strategy():
     # A written run config lists every field at its default: that is no mistake.
     written = build_config({}, {}).model_dump(mode="json")
     assert build_config(written, {}).distributed.strategy == "single"
+
+
+def test_fsdp_float16_is_refused_for_want_of_loss_scaling_and_bfloat16_is_not(monkeypatch):
+    """No GradScaler: fp16 gradients of small losses flush to zero unseen, so fp16 compute is refused
+    (train.precision offers only fp32 and bf16 for the same reason)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(
+        UserError, match="param_dtype: float16 training needs loss scaling.*param_dtype bfloat16"
+    ):
+        check_launch(DistributedSection(strategy="fsdp", fsdp=FsdpSection(param_dtype="float16")))
+    assert check_launch(DistributedSection(strategy="fsdp", fsdp=FsdpSection(param_dtype="bfloat16"))) == 2
+    with pytest.raises(ConfigError, match="train.precision"):
+        build_config({}, {"train.precision": "fp16"})

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from helpers import run_cli
-from llmft.launch.slurm import SlurmJob, render, seed_argv, template_text
+from llmft.launch.slurm import SlurmJob, job_from_args, render, seed_argv, template_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,6 +117,18 @@ def test_cpu_runs_ask_for_no_gpus_and_hsdp_replicates_across_nodes(tmp_path):
         (["--num_gpus", "2"], "did you mean '--num_gpu'"),
         (["--nodes", "2", "--hsdp", "--sbatch", "exclusive"], "--sbatch 'exclusive'"),
         (["--nodes", "2", "--hsdp", "--out", "no/such/dir/x.sbatch"], "folder 'no/such/dir' not found"),
+        (["--nodes", "2", "--hsdp", "--time", "banana"], "--time 'banana': give a Slurm time limit"),
+        (["--nodes", "2", "--hsdp", "--time", "1:2:3:4"], "--time '1:2:3:4'"),
+        (
+            ["--nodes", "2", "--hsdp", "--job-name", "my job"],
+            "--job-name 'my job': give a name without spaces",
+        ),
+        (["--nodes", "2", "--hsdp", "--partition", "a b"], "--partition 'a b': give a name without spaces"),
+        (["--nodes", "2", "--hsdp", "--account", ""], "--account '': give a name without spaces"),
+        (
+            ["--nodes", "2", "--hsdp", "--distributed.strategy", "ddp"],
+            "--hsdp is FSDP sharded within each node",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, message):
@@ -134,3 +148,71 @@ def test_submit_without_sbatch_is_an_error_and_the_seed_shim_submits_fsdp(tmp_pa
     assert seed_argv(["--num_nodes", "2"]) == ["slurm", "--submit", "--num_nodes", "2",
                                                 "--distributed.strategy", "fsdp"]  # fmt: skip
     assert seed_argv(["--distributed.strategy=ddp"]) == ["slurm", "--submit", "--distributed.strategy=ddp"]
+
+
+@pytest.mark.parametrize("limit", ["30", "30:00", "24:00:00", "2-12", "2-12:30", "2-12:30:00", "UNLIMITED"])
+def test_every_slurm_time_format_is_written(limit):
+    from llmft.cli import build_parser
+
+    args, overrides = build_parser().parse_known_args(["slurm", "--time", limit])
+    job = job_from_args(args, overrides)
+    assert f"--time={limit}" in _sbatch_lines(render(job))
+
+
+# Stand-ins for the Slurm commands the batch script calls, enough to run it on this machine: srun runs
+# its command (one node), torchrun starts one llmft process in its own place (exec keeps the pid that
+# srun recorded), scancel signals that process, scontrol records the requeue.
+FAKE_SLURM = {
+    "srun": 'while [[ $1 == --* ]]; do shift; done\necho $$ >"$FAKE_SLURM/step.pid"\nexec "$@"\n',
+    "torchrun": 'while [[ $1 == --* ]]; do shift; done\nexec "$PYTHON" "$@"\n',
+    "scancel": 'kill -s "${1#--signal=}" "$(cat "$FAKE_SLURM/step.pid")"\n',
+    "scontrol": 'case "$1 $2" in\n"show hostnames") echo localhost ;;\n'
+                'requeue*) echo "requeue $2" >>"$FAKE_SLURM/requeued" ;;\nesac\n',
+}  # fmt: skip
+
+
+def _catches_usr1(pid: int) -> bool:
+    """Whether process ``pid`` has a USR1 handler (Linux: the SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status")
+    masks = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")]
+    return bool(masks) and bool(int(masks[0], 16) >> (signal.SIGUSR1 - 1) & 1)
+
+
+def test_usr1_to_the_batch_script_reaches_llmft_and_the_job_is_requeued(tmp_path):
+    """The path of Slurm's time-limit warning, with stand-ins for srun/scancel/scontrol: USR1 to the
+    batch script as soon as llmft listens (still importing, or loading the model) is forwarded to the
+    step; llmft exits 75 and the script requeues the job and exits 75 itself."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (fake / name).write_text("#!/bin/bash\n" + body)
+        (fake / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LLMFT_"))}
+    env.update(PATH=f"{fake}:{Path(sys.executable).parent}:{env['PATH']}", PYTHON=sys.executable,
+               FAKE_SLURM=str(tmp_path), SLURM_JOB_ID="4242", SLURM_NNODES="1",
+               SLURM_JOB_NODELIST="localhost", LLMFT_NPROC_PER_NODE="1", OMP_NUM_THREADS="1")  # fmt: skip
+    script = tmp_path / "llmft.sbatch"
+    script.write_text(template_text())
+    flags = ["--train.max_steps", "2000", "--train.progress", "false", "--data.max_samples", "40",
+             "--logging.plot", "false", "--logging.tensorboard", "false", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    # A session of its own, so that a failed check can end the script and the llmft it started.
+    batch = subprocess.Popen(["bash", str(script), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env, start_new_session=True)  # fmt: skip
+    pid_file = tmp_path / "step.pid"
+    try:
+        deadline = time.monotonic() + 120
+        while not (
+            pid_file.is_file() and pid_file.read_text().strip() and _catches_usr1(int(pid_file.read_text()))
+        ):
+            assert batch.poll() is None, batch.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "llmft installed no USR1 handler in 120 s"
+            time.sleep(0.005)
+        batch.send_signal(signal.SIGUSR1)
+        output = batch.communicate(timeout=300)[0]
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+            batch.communicate()
+    assert batch.returncode == 75, output[-3000:]
+    assert "llmft: stopped by SIGUSR1" in output and "requeueing job 4242" in output
+    assert (tmp_path / "requeued").read_text() == "requeue 4242\n"

@@ -131,6 +131,14 @@ def check_launch(cfg: DistributedSection) -> int:
             f"started by torchrun (WORLD_SIZE is not set); launch with `{torchrun_hint()}`, or use "
             f"--distributed.strategy single"
         )
+    if cfg.strategy == "fsdp" and cfg.fsdp.param_dtype == "float16":
+        # fp16's narrow range needs loss scaling (a sharded GradScaler), which llmft does not do:
+        # small gradients would flush to zero unseen. bf16 has fp32's range and needs none.
+        raise UserError(
+            "distributed.fsdp.param_dtype: float16 training needs loss scaling, which llmft does not do "
+            "(gradients would underflow); use --distributed.fsdp.param_dtype bfloat16 (same memory, "
+            "float32's range), or float32"
+        )
     replicate = cfg.fsdp.hsdp_replicate
     if cfg.strategy == "fsdp" and world_size % replicate:
         raise UserError(

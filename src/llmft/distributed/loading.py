@@ -39,6 +39,11 @@ def _is_meta(tensor: torch.Tensor) -> bool:
     return (tensor.to_local() if isinstance(tensor, DTensor) else tensor).is_meta
 
 
+def _left_on_meta(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers that still have no storage (a load that missed them)."""
+    return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if _is_meta(t)]
+
+
 def _key_problem(model: nn.Module, reference: nn.Module) -> str | None:
     """Why rank 0's full model and the sharded one differ in weight or buffer names, or None."""
     problems = []
@@ -136,7 +141,7 @@ def load_sharded(
     if alias is not None:
         model._modules["word_embeddings"] = alias
 
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if _is_meta(t)]
+    left = _left_on_meta(model)
     if left:
         raise RuntimeError(f"{len(left)} tensors were left on the meta device after loading: {left[:3]}")
     average_unsharded_gradients(model, env)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -153,6 +154,26 @@ def _positive(value: int, flag: str, least: int = 1) -> int:
     return value
 
 
+# Slurm's time limit formats (sbatch --time): minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite", re.IGNORECASE)
+
+
+def _check_words(args: argparse.Namespace) -> None:
+    """Values written into ``#SBATCH --flag=value`` lines: sbatch ends a value at whitespace, so a
+    name with a space would be cut (``--job-name=my job`` names the job ``my``), and a bad time limit
+    is only refused when the job is submitted."""
+    if args.time is not None and not _TIME.fullmatch(args.time):
+        raise UserError(
+            f"--time '{args.time}': give a Slurm time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+            f"D-HH:MM:SS (e.g. 24:00:00 or 2-00:00:00)"
+        )
+    for flag, value in (("--job-name", args.job_name), ("--partition", args.partition),
+                        ("--account", args.account)):  # fmt: skip
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            example = re.sub(r"\s+", "-", value.strip()) or "llmft"
+            raise UserError(f"{flag} '{value}': give a name without spaces (e.g. {example})")
+
+
 def job_from_args(args: argparse.Namespace, overrides: list[str]) -> SlurmJob:
     """The :class:`SlurmJob` of the command's flags; the run's config is loaded and checked here."""
     from llmft.config import load_config, parse_overrides
@@ -166,9 +187,19 @@ def job_from_args(args: argparse.Namespace, overrides: list[str]) -> SlurmJob:
         config_path = Path(args.config).expanduser().resolve()
         if not config_path.is_file():
             raise UserError(f"--config '{args.config}' not found")
+    _check_words(args)
     if args.hsdp:
         if nodes < 2:
             raise UserError("--hsdp replicates across nodes; give --nodes 2 or more, or drop --hsdp")
+        # --hsdp sets the strategy to fsdp: a different one asked for is a conflict, not overridden.
+        asked = parse_overrides(overrides).get("distributed.strategy")
+        if asked is None and config_path is not None:  # a file's 'single' may be the default: not a choice
+            asked = load_config(config_path, {}).distributed.strategy.replace("single", "fsdp")
+        if asked not in (None, "fsdp"):
+            raise UserError(
+                f"--hsdp is FSDP sharded within each node and replicated across nodes, but "
+                f"distributed.strategy is '{asked}'; drop --hsdp, or use --distributed.strategy fsdp"
+            )
         overrides = [
             *overrides,
             "--distributed.strategy",

@@ -6,6 +6,8 @@ function, so both see the same parameter names.
 
 from __future__ import annotations
 
+import logging
+
 from llmft.config import Config
 from llmft.distributed.env import DistEnv
 from llmft.distributed.loading import load_sharded
@@ -13,6 +15,8 @@ from llmft.models.heads import ClassifierSpec, attach_head
 from llmft.models.loader import load_causal_lm
 from llmft.peft.freeze import apply_freeze
 from llmft.peft.methods import apply_method
+
+log = logging.getLogger(__name__)
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -26,6 +30,16 @@ def enable_activation_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def checkpointed_blocks(model) -> int:
+    """How many blocks of ``model`` recompute their forward in backward (transformers marks each
+    ``GradientCheckpointingLayer``); counted on the finished model, so a wrapper that lost it shows."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return sum(
+        1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+    )
 
 
 def prepare_model(model, cfg: Config, classifier: ClassifierSpec | None, checkpointing: bool = True):
@@ -55,5 +69,9 @@ def build_model(
         return prepare_model(model, cfg, classifier, checkpointing)
 
     if env.strategy == "fsdp":
-        return load_sharded(source, cfg.model, prepare, cfg.distributed.fsdp, env, classifier)
-    return prepare(load_causal_lm(source, cfg.model, env.device, classifier))
+        model = load_sharded(source, cfg.model, prepare, cfg.distributed.fsdp, env, classifier)
+    else:
+        model = prepare(load_causal_lm(source, cfg.model, env.device, classifier))
+    if checkpointing and cfg.train.gradient_checkpointing:
+        log.info("activation checkpointing on %d blocks", checkpointed_blocks(model))
+    return model

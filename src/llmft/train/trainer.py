@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +26,8 @@ from llmft.data.tokenize import IGNORE_INDEX
 from llmft.distributed.env import DistEnv
 from llmft.distributed.parallelize import clip_grad_norm_, gradient_sync
 from llmft.errors import UserError
+from llmft.launch import stop as stop_requests
+from llmft.launch.stop import EXIT_PREEMPTED, STOP_SIGNALS  # noqa: F401 (re-exported)
 from llmft.train.loss import class_loss_sum, classification_metrics, count_targets, token_loss_sum
 from llmft.train.metrics import MetricsLogger
 from llmft.train.observe import Observer
@@ -42,17 +42,20 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; usually the learning rate is too high."""
 
 
-# The exit status of a run stopped by SIGTERM or SIGUSR1 after writing a checkpoint (EX_TEMPFAIL:
-# "try again later"); a scheduler requeues on it and the next run continues with --resume auto.
-EXIT_PREEMPTED = 75
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
 class Preempted(Exception):
-    """Training stopped on a signal after a step; ``checkpoint`` holds the state to resume from."""
+    """Training stopped on a signal after a step; ``checkpoint`` holds the state to resume from.
 
-    def __init__(self, signal_name: str, step: int, checkpoint) -> None:
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+    ``trained``: False when the signal came before the first step of this run (while the model was
+    loading): nothing was trained and nothing saved, so the latest checkpoint, if any, is unchanged.
+    """
+
+    def __init__(self, signal_name: str, step: int, checkpoint, trained: bool = True) -> None:
+        self.signal_name, self.step, self.checkpoint, self.trained = signal_name, step, checkpoint, trained
+        if not trained:
+            super().__init__(
+                f"stopped by {signal_name} before training started (at step {step}); nothing trained or saved"
+            )
+            return
         where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (none configured)"
         super().__init__(f"stopped by {signal_name} after step {step}; {where}")
 
@@ -209,7 +212,7 @@ class Trainer:
         self.checkpoint_hook = None
         self.checkpoint_every = 0
         self.checkpoint_at_epoch_end = True
-        self.stop_signal: str | None = None  # set by SIGTERM/SIGUSR1 during fit()
+        self.stop_signal: str | None = None  # SIGTERM/SIGUSR1, from the start of the command (see fit)
 
     def attach_metrics(self, metrics: MetricsLogger | None) -> None:
         """Send rows to ``metrics`` from now on (only the main process writes)."""
@@ -415,6 +418,12 @@ class Trainer:
         # Console log lines go through tqdm while the bar is drawn, so they do not tear it.
         with logging_redirect_tqdm(loggers=[logging.getLogger("llmft")]), self._stop_signals():
             if self.step < self.total_steps:
+                # A stop asked for while the model was loading (llmft.launch.stop listens from the start
+                # of the command): every rank agrees and leaves before training, saving nothing.
+                self.stop_signal = self.stop_signal or stop_requests.requested()
+                if self.env.any(self.stop_signal is not None):
+                    progress.close()
+                    raise Preempted(self.stop_signal or "a signal on another rank", self.step, None, False)
                 self._loop(summary, progress)
             else:
                 progress.close()
@@ -464,6 +473,7 @@ class Trainer:
                     self.evaluated_at = result.step
                     tick = time.perf_counter()  # evaluation time is not training time
                 # Every rank stops after the same step, whichever of them got the signal.
+                self.stop_signal = self.stop_signal or stop_requests.requested()
                 stop = self.env.any(self.stop_signal is not None)
                 reason = "preempted" if stop else self._checkpoint_reason(result.step)
                 checkpoint = None
@@ -490,22 +500,10 @@ class Trainer:
     @contextlib.contextmanager
     def _stop_signals(self):
         """SIGTERM and SIGUSR1 (a scheduler's warning before it kills or preempts a job) ask the loop to
-        stop after the current step; the previous handlers come back afterwards."""
-        if threading.current_thread() is not threading.main_thread():
+        stop after the current step; the previous handlers come back afterwards. Under ``llmft
+        finetune`` the handlers are in already (:mod:`llmft.launch.stop`) and this scope nests."""
+        with stop_requests.listen():
             yield
-            return
-
-        def request_stop(signum, frame) -> None:
-            if self.stop_signal is None:
-                self.stop_signal = signal.Signals(signum).name
-                log.warning("%s received: stopping after this step with a checkpoint", self.stop_signal)
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def _epoch_fraction(self, step: int) -> float:
         within = (step - 1) % self.steps_per_epoch + 1
