@@ -119,8 +119,8 @@ PREEMPT_SETTINGS = {**SETTINGS, "train.max_steps": 16, "checkpoint.every_steps":
 
 
 def _wait_for_training(cluster, folder: Path, job_id: str, out: Path) -> None:
-    """Until the run has logged two steps: llmft's signal handler is installed (before it, the
-    script's USR1 is ignored), and a stop now is mid-run."""
+    """Until the run has logged two steps, so that a stop now is mid-run (a stop before the first
+    step exits 75 having trained nothing; see test_usr1_before_the_model_loads_...)."""
     metrics, deadline = out / "metrics.jsonl", time.monotonic() + 150
     while not (metrics.exists() and metrics.read_text().count('"loss"') >= 2):
         assert cluster.job(job_id)["JobState"] in ("PENDING", "RUNNING"), _log(folder, job_id)[-3000:]

@@ -333,7 +333,7 @@ class FsdpSection(_Section):
     param_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None,
         description="Dtype parameters are all-gathered and computed in (gradients are reduced in "
-        "float32); null: their storage dtype.",
+        "float32); null: their storage dtype. float16 is refused (no loss scaling): use bfloat16.",
     )
     reshard_after_forward: bool = Field(
         True,
