@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from helpers import run_cli
 from llmft.cli import main
@@ -29,7 +30,7 @@ def _script(name: str, *args: str, cwd: Path | None = None) -> subprocess.Comple
     )
 
 
-def test_preview_marks_trained_tokens_and_counts(tmp_path, capsys):
+def test_preview_marks_trained_tokens_and_counts(tmp_path, capsys, tiny_model_dir):
     # In-process (the same `main` as the console script) to keep the suite fast.
     def run_cli(*args: str) -> subprocess.CompletedProcess:
         code = main(list(args))
@@ -52,13 +53,26 @@ def test_preview_marks_trained_tokens_and_counts(tmp_path, capsys):
     assert f"<s>{prompt}⟦5</s>⟧" in result.stdout  # prompt masked; output and EOS trained
     assert "records         4 (4 train, 0 validation)" in result.stdout
     assert "truncated       1 of 4 (25.0%) at data.max_seq_len 160" in result.stdout
+    assert "dropped         0 of 4 (0.0%) kept no trained token at data.max_seq_len 160" in result.stdout
     assert "padding" in result.stdout and "packed rows" not in result.stdout
     assert "keep no trained token" not in result.stderr
+    # The token counts, from the tokenizer: each short record is its prompt, "5" and EOS (the last two
+    # trained); the long one is cut at 160 tokens, all but its prompt trained.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    short_prompt = len(tokenizer(prompt).input_ids)
+    short = len(tokenizer(prompt + "5").input_ids) + 1
+    long_prompt = len(
+        tokenizer(ALPACA_TEMPLATES["alpaca"]["prompt_no_input"].format(instruction="Repeat.")).input_ids
+    )
+    tokens, trained = 3 * short + 160, 3 * (short - short_prompt) + 160 - long_prompt
+    assert f"tokens          {tokens:,} (train examples: mean {tokens / 4:.1f}, max 160)" in result.stdout
+    assert f"trained tokens  {trained:,} ({trained / tokens:.1%} of tokens)" in result.stdout
 
     short = run_cli(
         "data", "preview", "--data.format", "alpaca", "--data.path", str(path), "--data.max_seq_len", "118"
     )
     assert short.returncode == 0 and "3 of 4 examples keep no trained token after truncation" in short.stderr
+    assert "dropped         3 of 4 (75.0%) kept no trained token at data.max_seq_len 118" in short.stdout
     too_short = run_cli("data", "preview", "--data.format", "alpaca", "--data.max_seq_len", "16")
     assert too_short.returncode == 2
     assert "data.max_seq_len: at 16 tokens no example keeps a trained token" in too_short.stderr

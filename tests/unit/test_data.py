@@ -157,3 +157,41 @@ def test_epoch_orders_are_new_and_deterministic(tiny_tokenizer):
     assert order(0) != order(1)
     assert order(0) != order(0, seed=1)
     assert sorted(order(1)) == list(range(len(bundle.train)))  # an epoch visits every record once
+
+
+def test_examples_without_a_trained_token_are_dropped_and_counted(tiny_tokenizer, tmp_path, caplog):
+    # Records whose prompt alone fills max_seq_len keep no trained token: they are dropped (they would
+    # cost compute, and a global batch of them only would have no loss to step on).
+    long = {"instruction": "word " * 150, "input": "", "output": "x"}
+    short = {"instruction": "Add.", "input": "2 and 3", "output": "5"}
+    path = write_jsonl(tmp_path / "a.jsonl", [long, short, long, short, short])
+    cfg = DataSection(format="alpaca", path=str(path), max_seq_len=120, val_set_size=0)
+    bundle = prepare_data(cfg, tiny_tokenizer, seed=0)
+    stats = bundle.stats
+    assert (stats.examples, stats.untrained, stats.truncated, len(bundle.train)) == (5, 2, 2, 3)
+    assert all(any(label != IGNORE_INDEX for label in e.labels) for e in bundle.train.examples)
+    assert stats.tokens == sum(bundle.train.lengths())  # the dropped examples' tokens are not counted
+    assert "2 truncated, 2 dropped (no trained token)" in stats.describe()
+    assert (
+        "2 of 5 examples keep no trained token after truncation to data.max_seq_len=120 and were dropped"
+        in (caplog.text)
+    )
+    # A validation split left without any trained token is refused (its loss would mean nothing).
+    only_long_val = write_jsonl(tmp_path / "b.jsonl", [long, short, short])
+    with pytest.raises(
+        UserError, match="none of the 1 validation records keeps a trained token.*val_set_size 0"
+    ):
+        prepare_data(
+            DataSection(format="alpaca", path=str(only_long_val), max_seq_len=120, val_set_size=1),
+            tiny_tokenizer,
+            seed=_seed_holding_out(0, 3),
+        )
+
+
+def _seed_holding_out(index: int, total: int) -> int:
+    """A seed whose validation permutation holds out record ``index`` first."""
+    import torch
+
+    return next(
+        s for s in range(100) if torch.randperm(total, generator=torch.Generator().manual_seed(s))[0] == index
+    )

@@ -2,7 +2,7 @@
 
 Prints a few rendered training examples with the trained tokens (label != -100) marked, then the
 statistics of the whole data set under the run's batching: records, examples, tokens, share truncated,
-share of tokens trained, padding share, packed rows. It loads the tokenizer only, never the weights.
+examples dropped for keeping no trained token, share of tokens trained, padding share, packed rows. It loads the tokenizer only, never the weights.
 """
 
 from __future__ import annotations
@@ -100,6 +100,11 @@ def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
             "truncated",
             f"{stats.truncated} of {stats.examples} ({stats.truncated / max(stats.examples, 1):.1%}) "
             f"at data.max_seq_len {cfg.data.max_seq_len}",
+        ),
+        (
+            "dropped",
+            f"{stats.untrained} of {stats.examples} ({stats.untrained / max(stats.examples, 1):.1%}) "
+            f"kept no trained token at data.max_seq_len {cfg.data.max_seq_len}",
         ),
         (
             "trained tokens",
