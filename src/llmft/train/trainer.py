@@ -316,9 +316,9 @@ class Trainer:
             grad_norm = self.optimizer_step()
         else:
             # No target token anywhere in the global batch (the count is summed over the ranks, so every
-            # rank takes this branch together): nothing to learn, so the optimizer does not step (AdamW
-            # would still count the step and decay the weights). The step still counts and the schedule
-            # moves on, so steps, schedule and data position stay aligned.
+            # rank takes this branch together): no gradient to clip or apply, so the optimizer does not
+            # step. The step still counts and the schedule moves on, so steps, schedule and data position
+            # stay aligned (the loss is NaN in the metrics, left out of the summary's means).
             log.warning(
                 "step %d: the global batch has no target token; optimizer step skipped", self.step + 1
             )
