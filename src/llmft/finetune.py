@@ -55,7 +55,7 @@ from llmft.inference.predict import classify
 from llmft.memory import run as memory_run
 from llmft.models.build import build_model
 from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec
-from llmft.models.loader import load_tokenizer, model_skeleton, resolve_model
+from llmft.models.loader import check_max_seq_len, load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
 from llmft.peft.freeze import check_freeze, describe_groups
 from llmft.peft.methods import check_method, count_parameters
@@ -221,6 +221,7 @@ def _finetune(
         else None
     )
     skeleton = model_skeleton(source, cfg.model, classifier)
+    check_max_seq_len(skeleton.config, cfg.data.max_seq_len)
     check_method(skeleton, cfg.peft)
     check_freeze(skeleton, cfg.freeze)
     # Absolute paths, so the written config reproduces the run from any working folder.

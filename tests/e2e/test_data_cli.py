@@ -68,9 +68,16 @@ def test_preview_marks_trained_tokens_and_counts(tmp_path, capsys, tiny_model_di
     assert f"tokens          {tokens:,} (train examples: mean {tokens / 4:.1f}, max 160)" in result.stdout
     assert f"trained tokens  {trained:,} ({trained / tokens:.1%} of tokens)" in result.stdout
 
-    short = run_cli(
-        "data", "preview", "--data.format", "alpaca", "--data.path", str(path), "--data.max_seq_len", "118"
+    # The default fraction (0.1) of 4 records rounds to no validation record: an error, not a silent none.
+    unsplit = run_cli("data", "preview", "--data.format", "alpaca", "--data.path", str(path))
+    assert unsplit.returncode == 2 and unsplit.stderr.strip() == (
+        "llmft: error: data.val_set_size: 0.1 of 4 records rounds to 0 validation records; hold out a count "
+        "(--data.val_set_size 1) or none (--data.val_set_size 0)"
     )
+    short = run_cli(
+        "data", "preview", "--data.format", "alpaca", "--data.path", str(path), "--data.max_seq_len", "118",
+        "--data.val_set_size", "0",
+    )  # fmt: skip
     assert short.returncode == 0 and "3 of 4 examples keep no trained token after truncation" in short.stderr
     assert "dropped         3 of 4 (75.0%) kept no trained token at data.max_seq_len 118" in short.stdout
     too_short = run_cli("data", "preview", "--data.format", "alpaca", "--data.max_seq_len", "16")

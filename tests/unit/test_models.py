@@ -215,3 +215,15 @@ def test_local_folder_with_its_own_code_needs_trust_remote_code(tiny_model_dir, 
     assert not marker.exists()  # refused before running any of the folder's code
     trusted = ModelSection(name=str(folder), trust_remote_code=True)
     assert type(model_skeleton(source, trusted)).__name__ == "MyModel" and marker.exists()
+
+
+def test_max_seq_len_past_the_model_positions_is_a_warning(tiny_model_dir, caplog):
+    from transformers import AutoConfig
+
+    from llmft.models.loader import check_max_seq_len
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert config.max_position_embeddings == 1024
+    assert not check_max_seq_len(config, 1024) and not caplog.text
+    assert check_max_seq_len(config, 2048)
+    assert "data.max_seq_len 2048 is longer than the model's max_position_embeddings 1024" in caplog.text

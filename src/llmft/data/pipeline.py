@@ -99,6 +99,12 @@ class DataBundle:
 
 def _val_count(setting: int | float, total: int) -> int:
     count = int(round(total * setting)) if isinstance(setting, float) else setting
+    if isinstance(setting, float) and setting > 0 and count == 0:
+        # A fraction asks for a validation split; silently training without one would hide that.
+        raise UserError(
+            f"data.val_set_size: {setting:g} of {total} records rounds to 0 validation records; hold out a "
+            f"count (--data.val_set_size 1) or none (--data.val_set_size 0)"
+        )
     if count >= total:
         raise UserError(
             f"data.val_set_size: holding out {count} of {total} records leaves none for training; "

@@ -158,6 +158,27 @@ def load_tokenizer(source: ModelSource, cfg: ModelSection):
     return tokenizer
 
 
+def check_max_seq_len(model_config, max_seq_len: int) -> bool:
+    """Warn when ``data.max_seq_len`` exceeds the positions the model was trained on (its config's
+    ``max_position_embeddings``); returns whether it does.
+
+    A warning, not an error: RoPE models (LLaMA) run past that length and users extend context on
+    purpose (often with ``rope_scaling``), but quality usually drops beyond it without such scaling.
+    """
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or max_seq_len <= limit:
+        return False
+    log.warning(
+        "data.max_seq_len %d is longer than the model's max_position_embeddings %d: positions past %d were "
+        "never trained (set rope_scaling in the model's config.json to extend the context, or lower "
+        "data.max_seq_len)",
+        max_seq_len,
+        limit,
+        limit,
+    )
+    return True
+
+
 def _not_causal(name: str) -> UserError:
     return UserError(
         f"model.name: '{name}' is not a causal language model (no AutoModelForCausalLM class for it); "
