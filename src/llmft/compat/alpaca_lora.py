@@ -241,6 +241,10 @@ def usage() -> str:
         )
         lines.append(f"  --{name:<24} {kind:<5} ({default!r}) -> {target}")
     lines.append("fixed as in alpaca-lora: " + ", ".join(f"{k}={v}" for k, v in FIXED.items()))
+    lines.append(
+        "--batch_size as in alpaca-lora: batch_size // micro_batch_size micro-batches are accumulated, so the "
+        "global batch is micro_batch_size x that"
+    )
     return "\n".join(lines)
 
 
