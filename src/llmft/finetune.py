@@ -56,7 +56,7 @@ from llmft.launch import stop as stop_requests
 from llmft.memory import run as memory_run
 from llmft.models.build import build_model
 from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
-from llmft.models.loader import load_tokenizer, model_skeleton, resolve_model
+from llmft.models.loader import check_max_seq_len, load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
 from llmft.peft.freeze import check_freeze, describe_groups
 from llmft.peft.methods import check_method, count_parameters
@@ -227,6 +227,7 @@ def _finetune(
     skeleton = model_skeleton(source, cfg.model, classifier)
     if classifier is not None:  # the configured head (an MLP replaces `score`), as build_model attaches it
         skeleton = attach_head(skeleton, classifier)
+    check_max_seq_len(skeleton.config, cfg.data.max_seq_len)
     check_method(skeleton, cfg.peft)
     check_freeze(skeleton, cfg.freeze)
     # Absolute paths, so the written config reproduces the run from any working folder.

@@ -3,7 +3,8 @@
 Builds tiny-llama for full fine-tuning through llmft's own pieces (launch, rank-0 loading into shards,
 the Trainer), freezes the two bottom blocks and, inside block 2, the attention only (mixed
 requires_grad in one FSDP unit), trains a few steps and writes, per rank, what it holds (parameter and
-optimizer-state bytes of its shards) and, on rank 0, which weights changed. Then, for the memory
+optimizer-state bytes of its shards) and, on rank 0, which weights changed; then a global batch
+without targets (skipped on both ranks) and one with targets on rank 0 only. Then, for the memory
 planner, full fine-tuning and LoRA without freezing: one step each, with the bytes of this rank's
 parameter, gradient and optimizer-state shards measured between backward and the optimizer step.
 Then LoRA with FSDP mixed precision (parameters gathered and computed in bfloat16) against the same
@@ -25,7 +26,9 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from llmft.config import DistributedSection, FsdpSection, ModelSection, PeftSection, build_config
+from llmft.data.batching import Collator
 from llmft.data.pipeline import prepare_data
+from llmft.data.tokenize import IGNORE_INDEX
 from llmft.distributed.env import DistEnv, setup_distributed, teardown_distributed
 from llmft.distributed.loading import load_sharded
 from llmft.distributed.parallelize import apply_ddp, local_bytes, optimizer_state_tensors
@@ -119,8 +122,27 @@ def main(out: Path) -> None:
     summary = trainer.fit()
     after = full_weights(model)
 
+    # A global batch with no target token on any rank: every rank skips the optimizer step together
+    # (no collective left waiting, no weight changed); then one with targets on rank 0 only: both step.
+    collate = Collator(tokenizer.pad_token_id)
+    example = data.train.examples[env.rank]
+    masked = {"input_ids": example.input_ids, "labels": [IGNORE_INDEX] * len(example.labels)}
+    skipped = trainer.train_step([collate([masked])] * trainer.accumulation_steps)
+    after_skip = full_weights(model)
+    mixed = collate([{**masked, "labels": example.labels} if env.rank == 0 else masked])
+    stepped = trainer.train_step([mixed] * trainer.accumulation_steps)
+    no_targets = {
+        "step": skipped.step,
+        "loss_is_nan": skipped.loss != skipped.loss,
+        "grad_norm": skipped.grad_norm,
+        "unchanged": all(torch.equal(after[k], after_skip[k]) for k in after),
+        "next_targets": stepped.target_tokens,
+        "next_grad_norm": stepped.grad_norm,
+    }
+
     params = list(model.parameters())
     report = {
+        "no_targets": no_targets,
         "rank": env.rank,
         "losses": summary.losses,
         "param_bytes_local": local_bytes(params),

@@ -272,6 +272,11 @@ def test_each_fsdp_rank_holds_half_of_the_parameters_and_optimizer_state(frozen_
         assert report["param_bytes_local"] * 2 == report["param_bytes_full"]
         assert report["optimizer_bytes_local"] * 2 == report["optimizer_bytes_full"]
     assert frozen_layers[0]["losses"] == frozen_layers[1]["losses"]  # a global loss, the same on each
+    # A global batch without targets: both ranks skip the optimizer step, at the same step, unchanged.
+    skip = [report["no_targets"] for report in frozen_layers]
+    assert skip[0] == skip[1]  # every rank saw the same global counts and norms
+    assert skip[0]["step"] == 4 and skip[0]["loss_is_nan"] and skip[0]["grad_norm"] == 0.0
+    assert skip[0]["unchanged"] and skip[0]["next_targets"] > 0 and skip[0]["next_grad_norm"] > 0
 
 
 def test_memory_planner_terms_equal_each_fsdp_ranks_shards(frozen_layers):

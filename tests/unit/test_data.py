@@ -29,6 +29,28 @@ def test_bundled_quotes_sample_is_valid():
         assert record["author"] and isinstance(record["tags"], list)
 
 
+@pytest.mark.parametrize(
+    ("file_name", "fields", "minimum"),
+    [
+        ("alpaca_sample.jsonl", ("instruction", "input", "output"), 200),
+        ("grammar_sample.jsonl", ("input", "target"), 200),
+        ("chat_sample.jsonl", ("messages",), 50),
+        ("classification_sample.jsonl", ("text", "label"), 300),
+    ],
+)
+def test_bundled_samples_are_large_enough(file_name, fields, minimum):
+    # Enough records for a validation split of tens of records and a few epochs of real steps.
+    lines = bundled_sample(file_name).read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert len(records) >= minimum
+    assert all(set(fields) <= set(record) for record in records)
+    assert len({json.dumps(record, sort_keys=True) for record in records}) == len(records)  # no duplicates
+    if file_name == "grammar_sample.jsonl":  # pairs: most inputs have an error to correct
+        assert sum(r["input"] != r["target"] for r in records) >= 0.8 * len(records)
+    if file_name == "classification_sample.jsonl":
+        assert len({r["label"] for r in records}) == 3
+
+
 def test_quotes_record_tokens_and_labels(tiny_tokenizer):
     fmt = get_format(DataSection(format="quotes"))
     (segments,) = fmt.render(QUOTE, RowContext("x.jsonl", 1))
@@ -87,8 +109,17 @@ def test_bad_files(tiny_tokenizer, tmp_path):
         prepare_data(DataSection(path=str(tmp_path / "nope.jsonl")), tiny_tokenizer, seed=0)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"quote": "“a”", "author": "b"}\n{"quote": \n')
-    with pytest.raises(UserError, match="broken.jsonl' could not be read as JSON"):
+    # Lines and columns 1-based, as llmft's own row errors (the datasets reader gives a block offset).
+    with pytest.raises(
+        UserError, match="broken.jsonl' could not be read as JSON: line 2, column 11: Expecting value$"
+    ):
         prepare_data(DataSection(path=str(broken)), tiny_tokenizer, seed=0)
+    document = tmp_path / "broken.json"
+    document.write_text('[{"quote": "a", "author": "b"},\n {"quote": "c" "author": "d"}]\n')
+    with pytest.raises(
+        UserError, match="broken.json' could not be read as JSON: line 2, column 16: Expecting ','"
+    ):
+        prepare_data(DataSection(path=str(document)), tiny_tokenizer, seed=0)
     other = write_jsonl(tmp_path / "other.jsonl", [{"text": "hello"}])
     with pytest.raises(
         UserError,
@@ -129,6 +160,10 @@ def test_validation_split_count_fraction_and_seed(tiny_tokenizer):
     assert ids(fraction) == ids(again) and ids(fraction) != ids(other)
     with pytest.raises(UserError, match="data.val_set_size: holding out 10 of 10 records leaves none"):
         prepare_data(DataSection(val_set_size=10, max_samples=10), tiny_tokenizer, seed=0)
+    with pytest.raises(
+        UserError, match=r"data.val_set_size: 0.01 of 40 records rounds to 0 validation records"
+    ):
+        prepare_data(DataSection(val_set_size=0.01, max_samples=40), tiny_tokenizer, seed=0)
 
 
 def test_pad_collator_masks_padding():
@@ -157,3 +192,41 @@ def test_epoch_orders_are_new_and_deterministic(tiny_tokenizer):
     assert order(0) != order(1)
     assert order(0) != order(0, seed=1)
     assert sorted(order(1)) == list(range(len(bundle.train)))  # an epoch visits every record once
+
+
+def test_examples_without_a_trained_token_are_dropped_and_counted(tiny_tokenizer, tmp_path, caplog):
+    # Records whose prompt alone fills max_seq_len keep no trained token: they are dropped (they would
+    # cost compute, and a global batch of them only would have no loss to step on).
+    long = {"instruction": "word " * 150, "input": "", "output": "x"}
+    short = {"instruction": "Add.", "input": "2 and 3", "output": "5"}
+    path = write_jsonl(tmp_path / "a.jsonl", [long, short, long, short, short])
+    cfg = DataSection(format="alpaca", path=str(path), max_seq_len=120, val_set_size=0)
+    bundle = prepare_data(cfg, tiny_tokenizer, seed=0)
+    stats = bundle.stats
+    assert (stats.examples, stats.untrained, stats.truncated, len(bundle.train)) == (5, 2, 2, 3)
+    assert all(any(label != IGNORE_INDEX for label in e.labels) for e in bundle.train.examples)
+    assert stats.tokens == sum(bundle.train.lengths())  # the dropped examples' tokens are not counted
+    assert "2 truncated, 2 dropped (no trained token)" in stats.describe()
+    assert (
+        "2 of 5 examples keep no trained token after truncation to data.max_seq_len=120 and were dropped"
+        in (caplog.text)
+    )
+    # A validation split left without any trained token is refused (its loss would mean nothing).
+    only_long_val = write_jsonl(tmp_path / "b.jsonl", [long, short, short])
+    with pytest.raises(
+        UserError, match="none of the 1 validation records keeps a trained token.*val_set_size 0"
+    ):
+        prepare_data(
+            DataSection(format="alpaca", path=str(only_long_val), max_seq_len=120, val_set_size=1),
+            tiny_tokenizer,
+            seed=_seed_holding_out(0, 3),
+        )
+
+
+def _seed_holding_out(index: int, total: int) -> int:
+    """A seed whose validation permutation holds out record ``index`` first."""
+    import torch
+
+    return next(
+        s for s in range(100) if torch.randperm(total, generator=torch.Generator().manual_seed(s))[0] == index
+    )

@@ -285,6 +285,18 @@ def test_column_map_and_missing_columns(tiny_tokenizer, tmp_path):
     assert prepare_data(cfg, tiny_tokenizer, seed=0).stats.examples == 3
     with pytest.raises(UserError, match="data.column_map: '.*pairs.jsonl' has no column 'wrong' to rename"):
         prepare_data(cfg.model_copy(update={"column_map": {"wrong": "input"}}), tiny_tokenizer, seed=0)
+    # On the command line the mapping is YAML; a key=value pair gets an error showing the YAML to write.
+    from llmft.config.loader import load_config, parse_overrides
+
+    assert load_config(None, parse_overrides(["--data.column_map", "{bad: input}"])).data.column_map == {
+        "bad": "input"
+    }
+    with pytest.raises(UserError) as info:
+        load_config(None, parse_overrides(["--data.column_map", "bad=input,good=target"]))
+    assert (
+        "data.column_map: expected a mapping, got 'bad=input,good=target'; write it as YAML: "
+        "--data.column_map '{bad: input, good: target}'"
+    ) in str(info.value)
 
 
 def test_segments_tokenize_as_the_joined_text_with_sentencepiece_style_tokenizers():

@@ -185,3 +185,45 @@ def test_lora_unknown_target_lists_the_real_ones():
 def test_method_none_trains_everything():
     model = apply_method(_model(), PeftSection(method="none"))
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_local_folder_with_its_own_code_needs_trust_remote_code(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "custom-llama"
+    shutil.copytree(tiny_model_dir, folder)
+    marker = tmp_path / "code-ran"
+    (folder / "custom.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n\n\n"
+        "class MyConfig(LlamaConfig):\n    model_type = 'my_llama'\n\n\n"
+        "class MyModel(LlamaForCausalLM):\n    config_class = MyConfig\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "my_llama"  # not a transformers model type: only its own code builds it
+    config["auto_map"] = {"AutoConfig": "custom.MyConfig", "AutoModelForCausalLM": "custom.MyModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    cfg = ModelSection(name=str(folder))
+    source = resolve_model(cfg)
+    from llmft.models.loader import model_skeleton
+
+    expected = f"model.name: '{folder}' ships its own code .* pass --model.trust_remote_code true"
+    for load in (lambda: model_skeleton(source, cfg), lambda: load_causal_lm(source, cfg, CPU)):
+        with pytest.raises(UserError, match=expected):
+            load()
+    assert not marker.exists()  # refused before running any of the folder's code
+    trusted = ModelSection(name=str(folder), trust_remote_code=True)
+    assert type(model_skeleton(source, trusted)).__name__ == "MyModel" and marker.exists()
+
+
+def test_max_seq_len_past_the_model_positions_is_a_warning(tiny_model_dir, caplog):
+    from transformers import AutoConfig
+
+    from llmft.models.loader import check_max_seq_len
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert config.max_position_embeddings == 1024
+    assert not check_max_seq_len(config, 1024) and not caplog.text
+    assert check_max_seq_len(config, 2048)
+    assert "data.max_seq_len 2048 is longer than the model's max_position_embeddings 1024" in caplog.text

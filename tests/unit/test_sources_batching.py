@@ -175,3 +175,38 @@ def test_a_slow_tokenizer_is_a_one_line_error():
         UserError, match="model.name: the tokenizer \\(LlamaTokenizer\\) is a slow Python tokenizer"
     ):
         prepare_data(DataSection(), slow, seed=0)
+
+
+def test_parquet_files_load_and_bad_ones_are_one_line_errors(tmp_path, tiny_tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "quotes.parquet"
+    pq.write_table(pa.Table.from_pylist(QUOTES), path)
+    bundle = prepare_data(DataSection(path=str(path), val_set_size=0), tiny_tokenizer, seed=0)
+    assert bundle.stats.records == 12
+    first = tiny_tokenizer.decode(bundle.train.examples[0].input_ids, skip_special_tokens=True)
+    assert first == "“Quote number 0.” ― Author 0"
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(
+        UserError, match="data.path: '.*bad.parquet' could not be read as PARQUET: .*magic bytes"
+    ):
+        load_records(str(bad))
+    empty = tmp_path / "none.parquet"
+    pq.write_table(pa.Table.from_pylist(QUOTES).slice(0, 0), empty)
+    with pytest.raises(UserError, match="data.path: '.*none.parquet' holds no records$"):
+        load_records(str(empty))
+
+
+def test_folder_of_files_with_different_columns_is_a_one_line_error(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"quote": "“a”", "author": "b"}])
+    write_jsonl(folder / "b.jsonl", [{"quote": "“c”", "author": "d", "tags": ["x"]}])
+    with pytest.raises(UserError) as info:
+        load_records(str(folder))
+    assert str(info.value) == (
+        f"data.path: the files in folder '{folder}' do not share one schema (columns or their types differ: "
+        f"column names don't match); keep files of one schema in the folder, or pass one file"
+    )

@@ -221,3 +221,73 @@ def test_precision_resolution(monkeypatch):
     assert resolve_precision("auto", cpu) is torch.bfloat16
     monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", cpu) is None
+
+
+def _batch(examples: list[TokenizedExample]):
+    return Collator(PAD)([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+
+
+def test_a_global_batch_without_targets_skips_the_optimizer_step(caplog):
+    model = _model("lora")
+    trainer = _trainer(model, _examples(4), micro_batch_size=2, batch_size=2, weight_decay=0.1)
+    untrained = [TokenizedExample(e.input_ids, [IGNORE_INDEX] * len(e.labels), False) for e in _examples(2)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = trainer.train_step([_batch(untrained)])
+    assert result.target_tokens == 0 and math.isnan(result.loss) and result.grad_norm == 0.0
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # no decay either
+    assert not trainer.optimizer.state  # AdamW did not count a step
+    assert trainer.step == 1 and trainer.scheduler.last_epoch == 1  # the step and the schedule move on
+    assert "step 1: the global batch has no target token; optimizer step skipped" in caplog.text
+    # The next batch with targets steps as usual.
+    trainer.train_step([_batch(_examples(2))])
+    assert trainer.step == 2 and len(trainer.optimizer.state) > 0
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_clip_without_gradients_is_zero():
+    from llmft.distributed.parallelize import clip_grad_norm_
+
+    assert clip_grad_norm_([torch.nn.Parameter(torch.ones(3))], 1.0) == 0.0
+
+
+def test_evaluation_without_targets_is_nan_not_zero(caplog):
+    untrained = [TokenizedExample(e.input_ids, [IGNORE_INDEX] * len(e.labels), False) for e in _examples(3)]
+    cfg = TrainSection(micro_batch_size=2, batch_size=2, progress=False, precision="fp32")
+    trainer = Trainer(
+        _model("lora"), cfg, TokenizedDataset(_examples(2)), TokenizedDataset(untrained), PAD, CPU_ENV
+    )
+    row = trainer.evaluate()
+    assert math.isnan(row["eval_loss"]) and math.isnan(row["eval_ppl"])
+    assert "the validation split has no target token; eval_loss is NaN" in caplog.text
+
+
+def test_optimizer_is_fused_adamw_on_cpu():
+    # build_optimizer asks for the fused kernels on CPU and CUDA (falling back to foreach only where a
+    # build lacks them); torch >= 2.4 has the CPU kernel, so the trainer's AdamW must be the fused one.
+    trainer = _trainer(_model("lora"), _examples(2), micro_batch_size=2, batch_size=2)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"] is True
+
+
+def test_clipping_inside_the_optimizer_step():
+    """max_grad_norm tiny: the update is AdamW's update of the clipped gradient (eps large, so that
+    AdamW's update is proportional to the gradient and the clipping shows)."""
+    batch = _batch(_examples(4))
+    settings = dict(micro_batch_size=4, batch_size=4, adam_eps=1.0, lr=1e-2, weight_decay=0.0)
+    clipped = _trainer(_model("none"), _examples(4), max_grad_norm=1e-3, **settings)
+    reference = _trainer(_model("none"), _examples(4), **settings)  # same init (seed 0), no clipping
+    unclipped = _trainer(_model("none"), _examples(4), **settings)
+    for trainer in (clipped, reference, unclipped):
+        trainer.accumulate_gradients([batch])
+    grads = _grads(reference.model)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+    for p in reference.parameters:  # clip by hand: torch's coefficient max_norm / (norm + 1e-6)
+        p.grad.mul_(1e-3 / (norm + 1e-6))
+    assert clipped.optimizer_step() == pytest.approx(float(norm), rel=1e-5)  # the pre-clip norm
+    reference.optimizer_step()
+    unclipped.optimizer_step()
+    after = dict(clipped.model.named_parameters())
+    for name, parameter in reference.model.named_parameters():
+        assert torch.allclose(after[name], parameter, atol=1e-7, rtol=0), name
+    assert any(
+        not torch.allclose(after[n], p, atol=1e-6) for n, p in unclipped.model.named_parameters()
+    )  # without clipping the update differs

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 import difflib
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -38,7 +40,7 @@ FLAGS: dict[str, tuple[str | None, str, object]] = {
     "add_eos_token": (None, "bool", False),
     "group_by_length": ("data.group_by_length", "bool", False),
     "prompt_template_name": ("data.prompt_template", "str", "alpaca"),
-    "resume_from_checkpoint": (None, "str", None),
+    "resume_from_checkpoint": (None, "str", None),  # -> --resume (an llmft checkpoint or run folder)
     "wandb_project": (None, "str", ""),
     "wandb_run_name": (None, "str", ""),
     "wandb_watch": (None, "str", ""),
@@ -123,14 +125,45 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return given, rest
 
 
-def to_llmft_args(argv: Sequence[str]) -> list[str]:
-    """The ``llmft finetune`` arguments for an alpaca-lora command line."""
-    given, rest = parse_flags(argv)
-    if given.get("resume_from_checkpoint"):
+def effective_batch_size(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """The global batch alpaca-lora trains on: it accumulates ``batch_size // micro_batch_size``
+    micro-batches, divided (rounding down) by the number of processes, so the batch it really uses is
+    ``micro_batch_size x accumulation x world size``, which may be less than ``batch_size``."""
+    accumulation = batch_size // micro_batch_size // world_size
+    if accumulation < 1:
         raise UserError(
-            "--resume_from_checkpoint: resuming arrives with llmft's step checkpoints; until then start a new "
-            "run (an adapter folder cannot be resumed as a training state)"
+            f"--batch_size {batch_size} is smaller than --micro_batch_size {micro_batch_size} x {world_size} "
+            f"process(es); alpaca-lora would accumulate 0 micro-batches - raise --batch_size or lower "
+            f"--micro_batch_size"
         )
+    return micro_batch_size * accumulation * world_size
+
+
+def _resume_target(value: str) -> str:
+    """The ``--resume`` value for alpaca-lora's ``--resume_from_checkpoint``: an llmft checkpoint or run
+    folder (``--resume`` checks it further). alpaca-lora also took a folder of adapter weights alone to
+    start from; llmft resumes only from a checkpoint with its optimizer state and data position."""
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    adapter_only = any((path / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin"))
+    if (
+        path.is_dir()
+        and adapter_only
+        and not (path / "checkpoints").is_dir()
+        and not path.name.startswith("step-")
+    ):
+        raise UserError(
+            f"--resume_from_checkpoint: '{path}' holds adapter weights only, not a training state llmft can "
+            f"resume; pass an llmft checkpoint folder (<output_dir>/checkpoints/step-N) or a run folder"
+        )
+    return str(path)
+
+
+def translate(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The ``llmft finetune`` arguments for an alpaca-lora command line, and for each llmft field that
+    an alpaca-lora flag set (given or defaulted) that flag's name, so errors can name what was typed."""
+    given, rest = parse_flags(argv)
     for flag in ("wandb_project", "wandb_run_name", "wandb_watch", "wandb_log_model"):
         if given.get(flag):
             log.warning(
@@ -146,14 +179,54 @@ def to_llmft_args(argv: Sequence[str]) -> list[str]:
         # alpaca-lora's 2000 suits its default data set (51k records), not the bundled 240-record sample.
         values.pop("val_set_size")
     values.update(given)
+    # alpaca-lora's meaning of --batch_size: batch_size // micro_batch_size accumulated micro-batches
+    # (per process: divided by WORLD_SIZE under torchrun), rounded down.
+    batch, micro = int(values["batch_size"]), int(values["micro_batch_size"])
+    effective = effective_batch_size(batch, micro, int(os.environ.get("WORLD_SIZE", "1")))
+    if effective != batch:
+        log.warning(
+            "--batch_size %d with --micro_batch_size %d: as in alpaca-lora, %d // %d = %d micro-batches are "
+            "accumulated (over all processes), so each step trains on %d examples",
+            batch,
+            micro,
+            batch,
+            micro,
+            batch // micro,
+            effective,
+        )
+        values["batch_size"] = str(effective)
     args = ["finetune"]
     for key, field in FIXED.items():
         args += [f"--{key}", field]
+    flags_of_fields: dict[str, str] = {}
+    typed = {token.split("=")[0][2:] for token in rest if token.startswith("--")}
     for key, value in values.items():
         field = FLAGS[key][0]
         if field is not None:
             args += [f"--{field}", value]
-    return args + rest
+            if field not in typed:  # an llmft flag typed after it wins, and keeps its own name
+                flags_of_fields[field] = key
+    if given.get("resume_from_checkpoint"):
+        args += ["--resume", _resume_target(given["resume_from_checkpoint"])]
+        flags_of_fields["resume"] = "resume_from_checkpoint"
+    return args + rest, flags_of_fields
+
+
+def to_llmft_args(argv: Sequence[str]) -> list[str]:
+    """The ``llmft finetune`` arguments for an alpaca-lora command line."""
+    return translate(argv)[0]
+
+
+def name_flags(message: str, flags_of_fields: dict[str, str], given: Sequence[str] = ()) -> str:
+    """``message`` (an llmft error) with the llmft fields that alpaca-lora flags set named as those flags:
+    ``train.batch_size`` and ``--train.batch_size 8`` become ``--batch_size`` and ``--batch_size 8``."""
+    for field, flag in sorted(flags_of_fields.items(), key=lambda item: -len(item[0])):
+        # A dotted field is named bare or as a flag; a plain word (resume) only as a flag.
+        dashes = "(--)?" if "." in field else "--"
+        message = re.sub(rf"(?<![\w.-]){dashes}{re.escape(field)}(?![\w.])", f"--{flag}", message)
+    if "--val_set_size" in message and not any(a.split("=")[0] == "--val_set_size" for a in given):
+        message += " (--val_set_size defaults to 2000 with --data_path, as in alpaca-lora)"
+    return message
 
 
 def usage() -> str:
@@ -163,22 +236,36 @@ def usage() -> str:
         "alpaca-lora flags (default) -> llmft field:",
     ]
     for name, (field, kind, default) in FLAGS.items():
-        target = field or "accepted, no effect (see docs/data.md)"
+        target = field or (
+            "--resume" if name == "resume_from_checkpoint" else "accepted, no effect (see docs/data.md)"
+        )
         lines.append(f"  --{name:<24} {kind:<5} ({default!r}) -> {target}")
     lines.append("fixed as in alpaca-lora: " + ", ".join(f"{k}={v}" for k, v in FIXED.items()))
+    lines.append(
+        "--batch_size as in alpaca-lora: batch_size // micro_batch_size micro-batches are accumulated, so the "
+        "global batch is micro_batch_size x that"
+    )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from llmft.cli import main as llmft_main
+    from llmft import cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return 0
+    flags_of_fields: dict[str, str] = {}
     try:
-        args = to_llmft_args(argv)
+        args, flags_of_fields = translate(argv)
+        # llmft's own entry point, with its errors naming the alpaca-lora flags the user typed.
+        parser = cli.build_parser()
+        known, extra = parser.parse_known_args(args)
+        return cli._run(parser, known, extra)
     except UserError as exc:
-        print(f"llmft: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        message = name_flags(" ".join(str(exc).split()), flags_of_fields, argv)
+        print(f"llmft: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return llmft_main(args)
+    except KeyboardInterrupt:
+        print("llmft: interrupted", file=sys.stderr)
+        return 130

@@ -176,6 +176,13 @@ def _format_errors(error: ValidationError) -> list[str]:
             problems[path] = msg  # a check across fields of a section names the fields itself
         elif isinstance(value, dict):
             problems[path] = f"{path}: {msg} (got a mapping)"
+        elif item["type"] == "dict_type" and isinstance(value, str):
+            # e.g. --data.column_map instruction=prompt: show the YAML mapping the flag takes.
+            pairs = [p.split("=", 1) for p in value.split(",") if "=" in p]
+            example = ", ".join(f"{k.strip()}: {v.strip()}" for k, v in pairs) or "old: new"
+            problems[path] = (
+                f"{path}: expected a mapping, got {value!r}; write it as YAML: --{path} '{{{example}}}'"
+            )
         elif repr(value) in msg:
             problems[path] = f"{path}: {msg}"
         else:

@@ -63,7 +63,9 @@ class DataStats:
     tokens: int = 0
     trained_tokens: int = 0
     truncated: int = 0
-    untrained: int = 0  # examples left without any target (truncation cut every trained token)
+    # Examples dropped because truncation cut every trained token (not counted in tokens): they would
+    # cost compute and add no signal, and a global batch made of them only would have no loss at all.
+    untrained: int = 0
     packed_rows: int | None = None
     classes: int | None = None  # task classification: the target is a class, not tokens
 
@@ -72,9 +74,10 @@ class DataStats:
         trained = f"{self.classes} classes" if self.classes else f"{share:.0%} of them trained"
         expanded = f", {self.examples} examples" if self.examples != self.records else ""
         packed = f", packed into {self.packed_rows} rows" if self.packed_rows is not None else ""
+        dropped = f", {self.untrained} dropped (no trained token)" if self.untrained else ""
         return (
             f"{self.records} records ({self.train_records} train, {self.val_records} validation){expanded}, "
-            f"{self.tokens} tokens, {trained}, {self.truncated} truncated{packed}"
+            f"{self.tokens} tokens, {trained}, {self.truncated} truncated{dropped}{packed}"
         )
 
 
@@ -96,12 +99,48 @@ class DataBundle:
 
 def _val_count(setting: int | float, total: int) -> int:
     count = int(round(total * setting)) if isinstance(setting, float) else setting
+    if isinstance(setting, float) and setting > 0 and count == 0:
+        # A fraction asks for a validation split; silently training without one would hide that.
+        raise UserError(
+            f"data.val_set_size: {setting:g} of {total} records rounds to 0 validation records; hold out a "
+            f"count (--data.val_set_size 1) or none (--data.val_set_size 0)"
+        )
     if count >= total:
         raise UserError(
             f"data.val_set_size: holding out {count} of {total} records leaves none for training; "
             f"use a smaller count or fraction"
         )
     return count
+
+
+def _check_untrained(
+    stats: DataStats, max_seq_len: int, n_val: int, any_train: bool, any_val: bool, hold_out_all: bool
+) -> None:
+    """Warn about the examples dropped for having no trained token, or refuse a split left empty."""
+    fix = "raise data.max_seq_len or shorten the prompts"
+    if stats.untrained == stats.examples:
+        raise UserError(
+            f"data.max_seq_len: at {max_seq_len} tokens no example keeps a trained token (the prompts "
+            f"alone are longer); raise data.max_seq_len"
+        )
+    if not any_train and not hold_out_all:
+        raise UserError(
+            f"data.max_seq_len: at {max_seq_len} tokens no training example keeps a trained token; {fix}"
+        )
+    if n_val and not any_val:
+        # An evaluation with no target would report a meaningless loss.
+        raise UserError(
+            f"data.max_seq_len: at {max_seq_len} tokens none of the {n_val} validation records keeps a "
+            f"trained token; {fix}, or set data.val_set_size 0"
+        )
+    log.warning(
+        "%d of %d examples keep no trained token after truncation to data.max_seq_len=%d and were dropped; "
+        "%s",
+        stats.untrained,
+        stats.examples,
+        max_seq_len,
+        fix,
+    )
 
 
 def resolve_source(cfg: DataSection, fmt: DataFormat) -> str:
@@ -187,10 +226,14 @@ def prepare_data(
             if task == "classification":
                 example.class_label = label  # a name until every class is known; an index below
             stats.examples += 1
+            stats.truncated += example.truncated
+            if task != "classification" and all(label == IGNORE_INDEX for label in example.labels):
+                # Truncation cut every trained token (the prompt fills max_seq_len): drop the example.
+                # A classifier's target is the class, so its examples always train.
+                stats.untrained += 1
+                continue
             stats.tokens += len(example.input_ids)
             stats.trained_tokens += sum(label != IGNORE_INDEX for label in example.labels)
-            stats.truncated += example.truncated
-            stats.untrained += all(label == IGNORE_INDEX for label in example.labels)
             (val if row - 1 in held_out else train).append(example)
     if stats.truncated:
         log.warning(
@@ -209,21 +252,9 @@ def prepare_data(
         for example in [*train, *val]:
             example.class_label = index[example.class_label]
         labels = set(names)
-        stats.untrained = 0  # the class is the target, not the tokens
         stats.classes = len(names)
     if stats.untrained:
-        if stats.untrained == stats.examples:
-            raise UserError(
-                f"data.max_seq_len: at {cfg.max_seq_len} tokens no example keeps a trained token (the prompts "
-                f"alone are longer); raise data.max_seq_len"
-            )
-        log.warning(
-            "%d of %d examples keep no trained token after truncation to data.max_seq_len=%d; they add "
-            "compute but no signal - raise data.max_seq_len or shorten the prompts",
-            stats.untrained,
-            stats.examples,
-            cfg.max_seq_len,
-        )
+        _check_untrained(stats, cfg.max_seq_len, n_val, bool(train), bool(val), hold_out_all)
     rows = TokenizedDataset(train)
     if cfg.batching == "packing":
         rows = TokenizedDataset(pack_examples(train, cfg.max_seq_len), pad_to=cfg.max_seq_len)

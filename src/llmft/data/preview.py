@@ -2,11 +2,12 @@
 
 Prints a few rendered training examples with the trained tokens (label != -100) marked, then the
 statistics of the whole data set under the run's batching: records, examples, tokens, share truncated,
-share of tokens trained, padding share, packed rows. It loads the tokenizer only, never the weights.
+examples dropped for keeping no trained token, share of tokens trained, padding share, packed rows. It loads the tokenizer only, never the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 
@@ -57,9 +58,17 @@ def mark_trained(example: TokenizedExample, tokenizer, color: bool = False) -> s
 def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
     """The preview text of ``cfg``'s data (see the module docstring)."""
     from llmft.data.batching import ResumableSampler
-    from llmft.models.loader import load_tokenizer, resolve_model
+    from llmft.models.loader import check_max_seq_len, load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.model)
+    source = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(source, cfg.model)
+    with contextlib.suppress(Exception):  # the config only (no weights); a model that fails loads later
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            source.ref, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+        )
+        check_max_seq_len(config, cfg.data.max_seq_len)
     bundle = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.task)
     stats = bundle.stats
     lines = [f"data: {bundle.source} (format {bundle.format.name}: {bundle.format.description})", ""]
@@ -100,6 +109,11 @@ def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
             "truncated",
             f"{stats.truncated} of {stats.examples} ({stats.truncated / max(stats.examples, 1):.1%}) "
             f"at data.max_seq_len {cfg.data.max_seq_len}",
+        ),
+        (
+            "dropped",
+            f"{stats.untrained} of {stats.examples} ({stats.untrained / max(stats.examples, 1):.1%}) "
+            f"kept no trained token at data.max_seq_len {cfg.data.max_seq_len}",
         ),
         (
             "trained tokens",

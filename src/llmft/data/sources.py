@@ -78,6 +78,51 @@ def _split_error(where: str, split: str, exc: BaseException) -> UserError | None
     return None
 
 
+def _json_syntax_error(path: Path) -> str | None:
+    """Where a JSON or JSON-lines file breaks, as 1-based line and column (the row numbers llmft's own
+    row errors use), or None when Python's parser finds no syntax error.
+
+    The `datasets` JSON reader (pyarrow) reports a byte position within a block, which a user cannot
+    find; the standard parser re-reads the file here, only after it failed to load.
+    """
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    try:
+        json.loads(text)
+        return None  # one valid JSON document: not a syntax problem
+    except json.JSONDecodeError as whole:
+        lines = text.splitlines()
+        first = next((i for i, line in enumerate(lines) if line.strip()), None)
+        try:
+            json_lines = first is not None and isinstance(json.loads(lines[first]), dict)
+        except json.JSONDecodeError:
+            json_lines = False
+        if not json_lines:  # one document (an array or object over several lines)
+            return f"line {whole.lineno}, column {whole.colno}: {whole.msg}"
+        for number, line in enumerate(lines, start=1):  # JSON lines: one record per line
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return f"line {number}, column {exc.colno}: {exc.msg}"
+    return None
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """Rows of a Parquet file from its footer, or None when the footer is unreadable (the loader then
+    reports why); a file with none would otherwise fail deep inside the reader ("BatchSize ... 0")."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:  # a corrupt or empty file: load_dataset's own message names the problem
+        return None
+
+
 def _load_file(path: Path, split: str):
     import datasets
 
@@ -87,7 +132,12 @@ def _load_file(path: Path, split: str):
             f"data.path: '{path}' has suffix '{path.suffix}'; use one of {', '.join(sorted(_BUILDERS))}, a "
             f"save_to_disk folder or a hub dataset id"
         )
-    if builder != "parquet" and not path.read_bytes().strip():
+    if (
+        builder != "parquet"
+        and not path.read_bytes().strip()
+        or builder == "parquet"
+        and _parquet_rows(path) == 0
+    ):
         raise UserError(f"data.path: '{path}' holds no records")
     try:
         return datasets.load_dataset(builder, data_files=str(path), split=split)
@@ -97,9 +147,8 @@ def _load_file(path: Path, split: str):
         error = _split_error(f"'{path}' (a single file is split 'train')", split, exc)
         if error:
             raise error from None
-        raise UserError(
-            f"data.path: '{path}' could not be read as {builder.upper()}: {_reason(exc)}"
-        ) from None
+        reason = (_json_syntax_error(path) if builder == "json" else None) or _reason(exc)
+        raise UserError(f"data.path: '{path}' could not be read as {builder.upper()}: {reason}") from None
 
 
 def _load_saved(path: Path, split: str):
@@ -137,6 +186,21 @@ def _slice(split: str, total: int, path: Path) -> range:
     return range(*slice(start, stop).indices(total))
 
 
+def _schema_mismatch(exc: BaseException) -> bool:
+    """Files of one data set with different columns or types: `datasets` casts every file to the first
+    one's features (CastError) and pyarrow concatenates the tables ("Schema at index 1 was different")."""
+    texts = [str(exc), str(exc.__cause__ or ""), type(exc.__cause__).__name__]
+    return any(
+        marker in text for text in texts for marker in ("Couldn't cast", "Schema at index", "CastError")
+    )
+
+
+def _cast_detail(exc: BaseException) -> str:
+    """The telling line of a cast error ("because column names don't match"), else its first line."""
+    lines = str(exc.__cause__ or exc).strip().splitlines()
+    return lines[-1].removeprefix("because ") if lines and lines[-1].startswith("because") else _reason(exc)
+
+
 def _load_hub(name: str, subset: str | None, split: str, description: str):
     import datasets
 
@@ -146,6 +210,11 @@ def _load_hub(name: str, subset: str | None, split: str, description: str):
         error = _split_error(description, split, exc)
         if error:
             raise error from None
+        if Path(name).is_dir() and _schema_mismatch(exc):
+            raise UserError(
+                f"data.path: the files in folder '{name}' do not share one schema (columns or their types "
+                f"differ: {_cast_detail(exc)}); keep files of one schema in the folder, or pass one file"
+            ) from None
         # Offline, `datasets` still serves a hub dataset from its cache; only a miss gets here.
         if hub_offline() and not Path(name).is_dir():
             raise UserError(

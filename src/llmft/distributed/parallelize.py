@@ -173,6 +173,8 @@ def clip_grad_norm_(parameters: list[nn.Parameter], max_norm: float) -> float:
     # norm over a mix of both is an error.
     sharded = [g for g in grads if isinstance(g, DTensor)]
     plain = [g for g in grads if not isinstance(g, DTensor)]
+    if not grads:
+        return 0.0  # no gradient at all (e.g. a batch without target tokens): nothing to clip
     norms = []
     if sharded:
         norm = torch.nn.utils.get_total_norm(sharded, norm_type=2.0)

@@ -60,6 +60,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _needs_remote_code(exc: BaseException) -> bool:
+    """transformers refuses a model whose config names its own code (``auto_map``) without
+    ``trust_remote_code``; its message names the argument on a later line."""
+    return "trust_remote_code" in str(exc) or "contains custom code" in str(exc)
+
+
+def _remote_code_error(name: str) -> UserError:
+    return UserError(
+        f"model.name: '{name}' ships its own code (auto_map in its config.json); review it, then pass "
+        f"--model.trust_remote_code true"
+    )
+
+
 def _hub_error(name: str, exc: BaseException) -> UserError:
     reason = _first_line(exc)
     close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.7)
@@ -67,10 +80,8 @@ def _hub_error(name: str, exc: BaseException) -> UserError:
         return UserError(
             f"model.name: '{name}' is not a preset or a folder - did you mean the preset '{close[0]}'?"
         )
-    if "trust_remote_code" in str(exc):
-        return UserError(
-            f"model.name: '{name}' ships its own code; review it, then pass --model.trust_remote_code true"
-        )
+    if _needs_remote_code(exc):
+        return _remote_code_error(name)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
     why = "the Hugging Face Hub is off (HF_HUB_OFFLINE=1)" if offline else f"loading it failed: {reason}"
     return UserError(
@@ -138,11 +149,34 @@ def load_tokenizer(source: ModelSource, cfg: ModelSection):
     except Exception as exc:
         if source.kind == "hub":
             raise _hub_error(source.ref, exc) from None
+        if _needs_remote_code(exc):
+            raise _remote_code_error(source.name) from None
         raise UserError(f"model.name: no usable tokenizer in '{source.ref}': {_first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def check_max_seq_len(model_config, max_seq_len: int) -> bool:
+    """Warn when ``data.max_seq_len`` exceeds the positions the model was trained on (its config's
+    ``max_position_embeddings``); returns whether it does.
+
+    A warning, not an error: RoPE models (LLaMA) run past that length and users extend context on
+    purpose (often with ``rope_scaling``), but quality usually drops beyond it without such scaling.
+    """
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or max_seq_len <= limit:
+        return False
+    log.warning(
+        "data.max_seq_len %d is longer than the model's max_position_embeddings %d: positions past %d were "
+        "never trained (set rope_scaling in the model's config.json to extend the context, or lower "
+        "data.max_seq_len)",
+        max_seq_len,
+        limit,
+        limit,
+    )
+    return True
 
 
 def _not_causal(name: str) -> UserError:
@@ -158,6 +192,8 @@ def _loading(source: ModelSource, what: str) -> Iterator[None]:
     try:
         yield
     except ValueError as exc:
+        if _needs_remote_code(exc):
+            raise _remote_code_error(source.name) from None
         if "Unrecognized configuration class" in str(exc):
             raise _not_causal(source.name) from None
         raise UserError(f"model.name: {what} '{source.ref}': {_first_line(exc)}") from None

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -127,7 +128,11 @@ def evaluate_split(
             total += token_loss_sum(logits, batch["labels"])
         targets += Trainer.targets(batch)
     model.train(was_training)
-    loss = float(total) / max(targets, 1)
+    if targets == 0:
+        # A loss over no target is undefined; 0.0 would read as a perfect model.
+        log.warning("evaluation: the validation split has no target token; eval_loss is NaN")
+        return {"eval_loss": math.nan, "eval_ppl": math.nan}
+    loss = float(total) / targets
     if predicted:
         num_classes = int(logits.shape[-1])
         return {
@@ -310,7 +315,21 @@ class Trainer:
                 f"train loss is {loss} at step {self.step + 1}; lower train.lr (now {self.cfg.lr:g}) or "
                 f"use train.precision fp32"
             )
-        grad_norm = self.optimizer_step()
+        if targets:
+            grad_norm = self.optimizer_step()
+        else:
+            # No target token anywhere in the global batch (the count is summed over the ranks, so every
+            # rank takes this branch together): no gradient to clip or apply, so the optimizer does not
+            # step. The step still counts and the schedule moves on, so steps, schedule and data position
+            # stay aligned (the loss is NaN in the metrics, left out of the summary's means).
+            log.warning(
+                "step %d: the global batch has no target token; optimizer step skipped", self.step + 1
+            )
+            with warnings.catch_warnings():  # torch warns when the schedule steps before the optimizer
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = 0.0
         self.step += 1
         local = [
             sum(int(mb["num_real_tokens"]) for mb in micro_batches),
