@@ -19,6 +19,7 @@ A kill at any moment leaves the previous complete checkpoint untouched and named
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import random
 import re
 import shutil
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,9 @@ RNG_DIR = "rng"
 CONFIG_FILE = "llmft_config.yaml"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_OLD_PREFIX = ".old-"
+# torch.distributed.checkpoint warns on every single-process save and load; that is how llmft uses it.
+_SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
 
 
 def checkpoint_name(step: int) -> str:
@@ -61,25 +66,32 @@ def checkpoint_name(step: int) -> str:
 
 
 def is_complete(path: Path) -> bool:
-    """A checkpoint folder is complete once its trainer_state.json exists (it is written last)."""
+    """A ``step-N`` folder is complete once its trainer_state.json exists (it is written last)."""
     return _STEP_DIR.match(path.name) is not None and (path / STATE_FILE).is_file()
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run folder, or None.
+def is_checkpoint(path: Path) -> bool:
+    """Any folder that holds a complete checkpoint, whatever its name (a copied or renamed one too)."""
+    return (path / STATE_FILE).is_file() and (path / STATE_DIR).is_dir()
 
-    The ``latest`` marker names it; if the marker is missing or names a folder that is gone (a kill
-    between the rename and the marker update), the highest complete ``step-*`` folder serves.
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run continues from, or None.
+
+    The ``latest`` marker is authoritative: a run resumed from an earlier checkpoint moves it back, and
+    ``step-*`` folders above it belong to the abandoned continuation. Only when the marker is missing
+    or names a folder that is not complete (a kill before the new folder was renamed into place) does
+    the highest complete ``step-*`` folder serve. A re-save of a step killed half-way is repaired first.
     """
     folder = run_dir / CHECKPOINTS_DIR
     if not folder.is_dir():
         return None
+    _repair_resave(folder)
     marker = folder / LATEST_FILE
     if marker.is_file():
         named = folder / marker.read_text(encoding="utf-8").strip()
         if is_complete(named):
-            newer = [p for p in _complete(folder) if _step_of(p) > _step_of(named)]
-            return newer[-1] if newer else named
+            return named
     complete = _complete(folder)
     return complete[-1] if complete else None
 
@@ -93,23 +105,66 @@ def _complete(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if is_complete(p)), key=_step_of)
 
 
+def _aside(final: Path) -> Path:
+    """Where a complete ``step-N`` folder waits while the same step is written again."""
+    return final.with_name(f"{_OLD_PREFIX}{final.name}")
+
+
+def _repair_resave(folder: Path) -> None:
+    """Undo a re-save of the same step that was killed between moving the old folder aside and
+    renaming the new one into place: the old complete folder goes back under its name.
+
+    Every rank may call this at once (before the process group exists): a rename that another process
+    already made fails with FileNotFoundError / OSError and is harmless.
+    """
+    for aside in folder.glob(f"{_OLD_PREFIX}step-*"):
+        final = folder / aside.name[len(_OLD_PREFIX) :]
+        if not final.exists() and (aside / STATE_FILE).is_file():
+            with contextlib.suppress(OSError):
+                os.replace(aside, final)
+                log.warning("restored checkpoint %s (its re-save was interrupted)", final)
+
+
+def discard_newer(checkpoint: Path, run_dir: Path) -> list[Path]:
+    """Before a run continues in place from ``checkpoint``, delete the run's ``step-*`` checkpoints of
+    later steps (they belong to the continuation being replaced) and point ``latest`` at ``checkpoint``
+    when it is one of the run's own step folders. Returns the deleted folders. Rank 0 only."""
+    folder = run_dir / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    step = int(json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    newer = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and _step_of(p) > step]
+    for path in newer:
+        # Renamed out of the step-* namespace first, so a kill during the deletion leaves no half folder
+        # that could be taken for a checkpoint.
+        doomed = path.with_name(f".tmp-discard-{path.name}")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    if checkpoint.parent.resolve() == folder.resolve() and is_complete(checkpoint):
+        _write_marker(folder, checkpoint.name)
+    return sorted(newer, key=_step_of)
+
+
 def resolve_resume(value: str, output_dir: Path) -> Path | None:
     """The checkpoint that ``--resume VALUE`` names.
 
     ``auto``: the latest complete checkpoint in ``output_dir`` (None when there is none: a fresh start).
-    A path: a checkpoint folder, or a run folder (its latest checkpoint).
+    A path: a checkpoint folder (a ``step-N`` folder, or any folder holding trainer_state.json and
+    state/, e.g. a copied one), or a run folder (its latest checkpoint).
     """
     if value == "auto":
         return latest_checkpoint(output_dir) if output_dir.is_dir() else None
     path = Path(value).expanduser()
     if not path.exists():
         raise UserError(f"--resume: '{path}' not found; pass a checkpoint folder, a run folder or 'auto'")
+    if is_checkpoint(path):
+        return path
     if (path / CHECKPOINTS_DIR).is_dir() or not _STEP_DIR.match(path.name):
         found = latest_checkpoint(path)
         if found is None:
             raise UserError(
-                f"--resume: '{path}' holds no complete checkpoint (no {CHECKPOINTS_DIR}/step-*/{STATE_FILE}); "
-                f"pass a checkpoint folder or start without --resume"
+                f"--resume: '{path}' holds no complete checkpoint (no {STATE_FILE} and {STATE_DIR}/, nor "
+                f"{CHECKPOINTS_DIR}/step-*/{STATE_FILE}); pass a checkpoint folder or start without --resume"
             )
         return found
     if not (path / STATE_FILE).is_file():
@@ -267,7 +322,9 @@ def save_checkpoint(
     staging = folder / f".tmp-{name}"
     if env.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob(".tmp-step-*"):  # an earlier save that was killed
+        _repair_resave(folder)
+        # An earlier save or discard that was killed; an old folder whose re-save completed.
+        for leftover in [*folder.glob(".tmp-*"), *folder.glob(f"{_OLD_PREFIX}step-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         (staging / RNG_DIR).mkdir(parents=True)
     env.barrier()
@@ -275,9 +332,11 @@ def save_checkpoint(
     tensors, settings = _state_dicts(trainer)
     # Every rank writes the shards it owns to a file of its own; replicated tensors (DDP, the
     # optimizer's step counts) are written once.
-    dcp.save(
-        tensors, storage_writer=HuggingFaceStorageWriter(str(staging / STATE_DIR), save_distributed=True)
-    )
+    with quiet_dcp():
+        dcp.save(
+            tensors,
+            storage_writer=HuggingFaceStorageWriter(str(staging / STATE_DIR), save_distributed=True),
+        )
     _write_json(staging / RNG_DIR / f"rank-{env.rank:05d}.json", _rng_state())
     env.barrier()
 
@@ -295,6 +354,8 @@ def save_checkpoint(
             **trainer.data_state(),
             "world_size": env.world_size,
             "strategy": env.strategy,
+            # The tensor files every rank wrote: a checkpoint missing one is refused, naming it.
+            "state_files": sorted(f.name for f in (staging / STATE_DIR).glob("*.safetensors")),
             "scheduler": trainer.scheduler.state_dict(),
             "summary": {
                 "losses": summary.losses,
@@ -306,17 +367,38 @@ def save_checkpoint(
             "evaluated_at": trainer.evaluated_at,
         }
         _write_json(staging / STATE_FILE, state)  # last: its presence marks the folder complete
+        # The marker moves first: until the rename below it names a folder that is not there, and
+        # latest_checkpoint falls back to the newest complete one (the previous checkpoint).
+        _write_marker(folder, name)
+        aside = _aside(final)
         if final.exists():  # the same step saved again (a resumed run that stopped at once)
-            shutil.rmtree(final)
+            # Moved aside, not deleted, until the new folder is in place: a kill in between leaves the old
+            # one, which latest_checkpoint moves back (with keep 1 it is the only checkpoint).
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(staging, final)
-        marker = folder / f".{LATEST_FILE}.tmp"
-        marker.write_text(name + "\n", encoding="utf-8")
-        os.replace(marker, folder / LATEST_FILE)
         _fsync_dir(folder)
+        shutil.rmtree(aside, ignore_errors=True)
         for old in _complete(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     env.barrier()
     return final
+
+
+def _write_marker(folder: Path, name: str) -> None:
+    """Point ``latest`` at ``name`` atomically (a temporary file renamed over it)."""
+    marker = folder / f".{LATEST_FILE}.tmp"
+    marker.write_text(name + "\n", encoding="utf-8")
+    os.replace(marker, folder / LATEST_FILE)
+
+
+@contextlib.contextmanager
+def quiet_dcp():
+    """Silence DCP's one warning that a save or load runs in a single process (what llmft means to do
+    without a process group); every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING, category=UserWarning)
+        yield
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -341,6 +423,13 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         raise UserError(
             f"checkpoint folder '{state_dir}' holds no .safetensors files; resume from another checkpoint"
         ) from None
+    for name in _expected_state_files(info.state):
+        if not (state_dir / name).is_file():
+            raise UserError(
+                f"checkpoint file '{state_dir / name}' is missing (the checkpoint was written by "
+                f"{info.state.get('world_size')} process(es), each with a file of its own); restore it or "
+                f"resume from another checkpoint"
+            ) from None
     for file in files:
         check_safetensors(file)
     groups_file = path / GROUPS_FILE
@@ -350,8 +439,41 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         raise UserError(
             f"checkpoint file '{groups_file}' is missing or corrupted ({exc}); resume from another checkpoint"
         ) from None
-
+    for rng_file in sorted((path / RNG_DIR).glob("rank-*.json")):
+        try:
+            state = json.loads(rng_file.read_text(encoding="utf-8"))
+            missing = {"torch", "python", "numpy"} - set(state)
+            if missing:
+                raise ValueError(f"no {', '.join(sorted(missing))} state")
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(
+                f"checkpoint file '{rng_file}' is corrupted ({exc}); resume from another checkpoint"
+            ) from None
     return info
+
+
+def _expected_state_files(state: dict[str, Any]) -> list[str]:
+    """The tensor files a checkpoint must hold: those it recorded, else (a checkpoint written before
+    they were recorded) one per rank of an FSDP run, in DCP's naming (shards numbered from 1)."""
+    if isinstance(state.get("state_files"), list):
+        return [str(name) for name in state["state_files"]]
+    if state.get("strategy") == "fsdp":
+        return [
+            f"shard-{rank + 1:05d}-model-00001-of-00001.safetensors"
+            for rank in range(int(state["world_size"]))
+        ]
+    return []
+
+
+def dcp_failure(exc: BaseException) -> str:
+    """The gist of a DCP load failure in one line: DCP wraps each rank's error in CheckpointException
+    (a BaseException), whose text holds tracebacks."""
+    text = " ".join(str(exc).split())
+    missing = re.search(r"Missing key in checkpoint state_dict: ([\w.]+)", text)
+    if missing:
+        return f"it has no '{missing.group(1)}'"
+    size = re.search(r"Size mismatch[^.;]*", text)
+    return size.group(0)[:200] if size else text[:300]
 
 
 def load_tensors(trainer: Trainer, path: Path) -> dict[str, Any]:
@@ -365,16 +487,16 @@ def load_tensors(trainer: Trainer, path: Path) -> dict[str, Any]:
     state_dir = path / STATE_DIR
     settings = json.loads((path / GROUPS_FILE).read_text(encoding="utf-8"))
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     tensors, template_settings = _state_dicts(trainer)
     try:
-        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(state_dir)))
-    except Exception as exc:  # DCP wraps errors from every rank; the gist is a missing or misfit tensor
-        text = " ".join(str(exc).split())
-        missing = re.search(r"Missing key in checkpoint state_dict: ([\w.]+)", text)
-        detail = f"it has no '{missing.group(1)}'" if missing else text[:300]
+        with quiet_dcp():
+            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(state_dir)))
+    except (Exception, CheckpointException) as exc:  # the gist: a missing or misfit tensor
         raise UserError(
-            f"checkpoint '{path}' does not fit this model ({detail}); resume with the model, peft and freeze "
-            f"settings it was written with"
+            f"checkpoint '{state_dir}' does not fit this model ({dcp_failure(exc)}); resume with the model, "
+            f"peft and freeze settings it was written with"
         ) from None
     for key, value in settings.items():
         if key.endswith(".betas"):
