@@ -469,11 +469,14 @@ def dcp_failure(exc: BaseException) -> str:
     """The gist of a DCP load failure in one line: DCP wraps each rank's error in CheckpointException
     (a BaseException), whose text holds tracebacks."""
     text = " ".join(str(exc).split())
-    missing = re.search(r"Missing key in checkpoint state_dict: ([\w.]+)", text)
+    missing = re.search(r"Missing key in checkpoint state_dict: ([\w.]+?)\.?(?:\s|$)", text)
     if missing:
         return f"it has no '{missing.group(1)}'"
-    size = re.search(r"Size mismatch[^.;]*", text)
-    return size.group(0)[:200] if size else text[:300]
+    size = re.search(r"Size mismatch between saved (torch\.Size\(\[[\d, ]*\]\)) and current: "
+                     r"(torch\.Size\(\[[\d, ]*\]\)) for ([\w.]+?)\.?(?:\s|$)", text)  # fmt: skip
+    if size:
+        return f"'{size.group(3)}' has the shape {size.group(1)[11:-1]} there, {size.group(2)[11:-1]} here"
+    return text[:300]
 
 
 def load_tensors(trainer: Trainer, path: Path) -> dict[str, Any]:
