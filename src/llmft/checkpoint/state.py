@@ -13,8 +13,10 @@ Only safetensors and JSON/YAML are read back, never pickle. DCP reshards on load
 written by 2 FSDP ranks loads into 1 process (export) or into another layout.
 
 Atomicity: every rank writes into ``.tmp-step-<N>/``; once all have finished, rank 0 writes
-``trainer_state.json``, renames the folder to ``step-<N>/`` and only then moves the ``latest`` marker.
-A kill at any moment leaves the previous complete checkpoint untouched and named by ``latest``.
+``trainer_state.json``, points the ``latest`` marker at ``step-<N>`` and renames the folder into place
+(until then the marker dangles and :func:`llmft.checkpoint.layout.latest_checkpoint` falls back to the
+newest complete folder). A kill at any moment leaves the previous complete checkpoint untouched.
+Finding checkpoints is :mod:`llmft.checkpoint.layout`; checking one, :mod:`llmft.checkpoint.verify`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,8 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
-import struct
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,36 @@ import numpy as np
 import torch
 
 from llmft import __version__
+
+# Re-exported: callers import the checkpoint API from here.
+from llmft.checkpoint.layout import (  # noqa: F401
+    _OLD_PREFIX,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    GROUPS_FILE,
+    LATEST_FILE,
+    RNG_DIR,
+    STATE_DIR,
+    STATE_FILE,
+    _aside,
+    _complete,
+    _repair_resave,
+    checkpoint_name,
+    discard_newer,
+    is_checkpoint,
+    is_complete,
+    latest_checkpoint,
+    resolve_resume,
+    write_marker,
+)
+from llmft.checkpoint.verify import (  # noqa: F401
+    CheckpointInfo,
+    check_safetensors,
+    dcp_failure,
+    read_info,
+    verify_checkpoint,
+)
 from llmft.errors import UserError
 
 if TYPE_CHECKING:
@@ -43,198 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
-STATE_FILE = "trainer_state.json"
-STATE_DIR = "state"
-GROUPS_FILE = "optimizer_groups.json"
-RNG_DIR = "rng"
-CONFIG_FILE = "llmft_config.yaml"
-FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-_OLD_PREFIX = ".old-"
 # torch.distributed.checkpoint warns on every single-process save and load; that is how llmft uses it.
 _SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-# -------------------------------------------------------------------------------------------------
-# Finding checkpoints
-
-
-def is_complete(path: Path) -> bool:
-    """A ``step-N`` folder is complete once its trainer_state.json exists (it is written last)."""
-    return _STEP_DIR.match(path.name) is not None and (path / STATE_FILE).is_file()
-
-
-def is_checkpoint(path: Path) -> bool:
-    """Any folder that holds a complete checkpoint, whatever its name (a copied or renamed one too)."""
-    return (path / STATE_FILE).is_file() and (path / STATE_DIR).is_dir()
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a run continues from, or None.
-
-    The ``latest`` marker is authoritative: a run resumed from an earlier checkpoint moves it back, and
-    ``step-*`` folders above it belong to the abandoned continuation. Only when the marker is missing
-    or names a folder that is not complete (a kill before the new folder was renamed into place) does
-    the highest complete ``step-*`` folder serve. A re-save of a step killed half-way is repaired first.
-    """
-    folder = run_dir / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return None
-    _repair_resave(folder)
-    marker = folder / LATEST_FILE
-    if marker.is_file():
-        named = folder / marker.read_text(encoding="utf-8").strip()
-        if is_complete(named):
-            return named
-    complete = _complete(folder)
-    return complete[-1] if complete else None
-
-
-def _step_of(path: Path) -> int:
-    match = _STEP_DIR.match(path.name)
-    return int(match.group(1)) if match else -1
-
-
-def _complete(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if is_complete(p)), key=_step_of)
-
-
-def _aside(final: Path) -> Path:
-    """Where a complete ``step-N`` folder waits while the same step is written again."""
-    return final.with_name(f"{_OLD_PREFIX}{final.name}")
-
-
-def _repair_resave(folder: Path) -> None:
-    """Undo a re-save of the same step that was killed between moving the old folder aside and
-    renaming the new one into place: the old complete folder goes back under its name.
-
-    Every rank may call this at once (before the process group exists): a rename that another process
-    already made fails with FileNotFoundError / OSError and is harmless.
-    """
-    for aside in folder.glob(f"{_OLD_PREFIX}step-*"):
-        final = folder / aside.name[len(_OLD_PREFIX) :]
-        if not final.exists() and (aside / STATE_FILE).is_file():
-            with contextlib.suppress(OSError):
-                os.replace(aside, final)
-                log.warning("restored checkpoint %s (its re-save was interrupted)", final)
-
-
-def discard_newer(checkpoint: Path, run_dir: Path) -> list[Path]:
-    """Before a run continues in place from ``checkpoint``, delete the run's ``step-*`` checkpoints of
-    later steps (they belong to the continuation being replaced) and point ``latest`` at ``checkpoint``
-    when it is one of the run's own step folders. Returns the deleted folders. Rank 0 only."""
-    folder = run_dir / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return []
-    step = int(json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"])
-    newer = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and _step_of(p) > step]
-    for path in newer:
-        # Renamed out of the step-* namespace first, so a kill during the deletion leaves no half folder
-        # that could be taken for a checkpoint.
-        doomed = path.with_name(f".tmp-discard-{path.name}")
-        os.replace(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-    if checkpoint.parent.resolve() == folder.resolve() and is_complete(checkpoint):
-        _write_marker(folder, checkpoint.name)
-    return sorted(newer, key=_step_of)
-
-
-def resolve_resume(value: str, output_dir: Path) -> Path | None:
-    """The checkpoint that ``--resume VALUE`` names.
-
-    ``auto``: the latest complete checkpoint in ``output_dir`` (None when there is none: a fresh start).
-    A path: a checkpoint folder (a ``step-N`` folder, or any folder holding trainer_state.json and
-    state/, e.g. a copied one), or a run folder (its latest checkpoint).
-    """
-    if value == "auto":
-        return latest_checkpoint(output_dir) if output_dir.is_dir() else None
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise UserError(f"--resume: '{path}' not found; pass a checkpoint folder, a run folder or 'auto'")
-    if is_checkpoint(path):
-        return path
-    if (path / CHECKPOINTS_DIR).is_dir() or not _STEP_DIR.match(path.name):
-        found = latest_checkpoint(path)
-        if found is None:
-            raise UserError(
-                f"--resume: '{path}' holds no complete checkpoint (no {STATE_FILE} and {STATE_DIR}/, nor "
-                f"{CHECKPOINTS_DIR}/step-*/{STATE_FILE}); pass a checkpoint folder or start without --resume"
-            )
-        return found
-    if not (path / STATE_FILE).is_file():
-        raise UserError(
-            f"--resume: '{path}' is not a complete checkpoint ({STATE_FILE} is missing: it was interrupted "
-            f"while saving); pass an earlier checkpoint or --resume auto"
-        )
-    return path
-
-
-# -------------------------------------------------------------------------------------------------
-# Reading what a checkpoint says about itself
-
-
-@dataclass
-class CheckpointInfo:
-    path: Path
-    state: dict[str, Any]  # trainer_state.json
-    config: dict[str, Any]  # llmft_config.yaml, as plain data
-
-
-def read_info(path: Path) -> CheckpointInfo:
-    """The checkpoint's trainer state and config; a missing or unreadable file is a UserError naming it."""
-    import yaml
-
-    state_file = path / STATE_FILE
-    config_file = path / CONFIG_FILE
-    for item in (state_file, config_file):
-        if not item.is_file():
-            raise UserError(f"checkpoint file '{item}' is missing; resume from another checkpoint") from None
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-            raise ValueError(f"not a version {FORMAT_VERSION} llmft trainer state")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"checkpoint file '{state_file}' is corrupted ({exc}); resume from another checkpoint"
-        ) from None
-    try:
-        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not a mapping")
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"checkpoint file '{config_file}' is corrupted ({exc}); resume from another checkpoint"
-        ) from None
-    return CheckpointInfo(path, state, config)
-
-
-def check_safetensors(path: Path) -> None:
-    """Refuse a truncated or damaged safetensors file before DCP reads it, naming the file.
-
-    The format is an 8-byte little-endian header length, a JSON header whose ``data_offsets`` give each
-    tensor's byte range, then the data: the file must be exactly as long as the header says. (The
-    safetensors library checks this only when it reads each tensor, with a message that names no file.)
-    """
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + header_len + end != size:
-            raise ValueError(f"{size} bytes, expected {8 + header_len + end}")
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise UserError(
-            f"checkpoint file '{path}' is corrupted or truncated ({exc}); resume from another checkpoint"
-        ) from None
 
 
 # -------------------------------------------------------------------------------------------------
@@ -369,7 +208,7 @@ def save_checkpoint(
         _write_json(staging / STATE_FILE, state)  # last: its presence marks the folder complete
         # The marker moves first: until the rename below it names a folder that is not there, and
         # latest_checkpoint falls back to the newest complete one (the previous checkpoint).
-        _write_marker(folder, name)
+        write_marker(folder, name)
         aside = _aside(final)
         if final.exists():  # the same step saved again (a resumed run that stopped at once)
             # Moved aside, not deleted, until the new folder is in place: a kill in between leaves the old
@@ -383,13 +222,6 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     env.barrier()
     return final
-
-
-def _write_marker(folder: Path, name: str) -> None:
-    """Point ``latest`` at ``name`` atomically (a temporary file renamed over it)."""
-    marker = folder / f".{LATEST_FILE}.tmp"
-    marker.write_text(name + "\n", encoding="utf-8")
-    os.replace(marker, folder / LATEST_FILE)
 
 
 @contextlib.contextmanager
@@ -412,71 +244,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def verify_checkpoint(path: Path) -> CheckpointInfo:
-    """Read and check every file of a checkpoint before any work (a one-line error names the bad one)."""
-    info = read_info(path)
-    state_dir = path / STATE_DIR
-    files = sorted(state_dir.glob("*.safetensors")) if state_dir.is_dir() else []
-    if not files:
-        raise UserError(
-            f"checkpoint folder '{state_dir}' holds no .safetensors files; resume from another checkpoint"
-        ) from None
-    for name in _expected_state_files(info.state):
-        if not (state_dir / name).is_file():
-            raise UserError(
-                f"checkpoint file '{state_dir / name}' is missing (the checkpoint was written by "
-                f"{info.state.get('world_size')} process(es), each with a file of its own); restore it or "
-                f"resume from another checkpoint"
-            ) from None
-    for file in files:
-        check_safetensors(file)
-    groups_file = path / GROUPS_FILE
-    try:
-        json.loads(groups_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"checkpoint file '{groups_file}' is missing or corrupted ({exc}); resume from another checkpoint"
-        ) from None
-    for rng_file in sorted((path / RNG_DIR).glob("rank-*.json")):
-        try:
-            state = json.loads(rng_file.read_text(encoding="utf-8"))
-            missing = {"torch", "python", "numpy"} - set(state)
-            if missing:
-                raise ValueError(f"no {', '.join(sorted(missing))} state")
-        except (OSError, ValueError, TypeError) as exc:
-            raise UserError(
-                f"checkpoint file '{rng_file}' is corrupted ({exc}); resume from another checkpoint"
-            ) from None
-    return info
-
-
-def _expected_state_files(state: dict[str, Any]) -> list[str]:
-    """The tensor files a checkpoint must hold: those it recorded, else (a checkpoint written before
-    they were recorded) one per rank of an FSDP run, in DCP's naming (shards numbered from 1)."""
-    if isinstance(state.get("state_files"), list):
-        return [str(name) for name in state["state_files"]]
-    if state.get("strategy") == "fsdp":
-        return [
-            f"shard-{rank + 1:05d}-model-00001-of-00001.safetensors"
-            for rank in range(int(state["world_size"]))
-        ]
-    return []
-
-
-def dcp_failure(exc: BaseException) -> str:
-    """The gist of a DCP load failure in one line: DCP wraps each rank's error in CheckpointException
-    (a BaseException), whose text holds tracebacks."""
-    text = " ".join(str(exc).split())
-    missing = re.search(r"Missing key in checkpoint state_dict: ([\w.]+?)\.?(?:\s|$)", text)
-    if missing:
-        return f"it has no '{missing.group(1)}'"
-    size = re.search(r"Size mismatch between saved (torch\.Size\(\[[\d, ]*\]\)) and current: "
-                     r"(torch\.Size\(\[[\d, ]*\]\)) for ([\w.]+?)\.?(?:\s|$)", text)  # fmt: skip
-    if size:
-        return f"'{size.group(3)}' has the shape {size.group(1)[11:-1]} there, {size.group(2)[11:-1]} here"
-    return text[:300]
 
 
 def load_tensors(trainer: Trainer, path: Path) -> dict[str, Any]:
