@@ -483,6 +483,13 @@ def test_resume_refuses_a_breaking_change_and_warns_about_a_harmless_one(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming with changed settings: train.log_every" in result.stderr
     assert [s for s in _losses(tmp_path / "c")] == [6]  # log_every 2 from step 5: the last step is logged
+    # The resumed run's own checkpoint holds the uninterrupted run's data position: 12 of the epoch's 18
+    # micro-batches (not "epoch 1": the resumed loader holds only the 10 left), and no early epoch end.
+    assert sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir()) == ["latest", "step-000006"]
+    position = ("epoch", "micro_batches_done", "samples_done")
+    saved = [json.loads((run / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+             for run in (tmp_path / "c", straight_lora)]  # fmt: skip
+    assert [saved[0][k] for k in position] == [saved[1][k] for k in position] == [0, 12, 24]
 
 
 def test_export_merge_writes_a_plain_model_with_the_adapter_models_logits(
