@@ -8,7 +8,6 @@ module-scoped fixture that several tests read, so the suite pays for it once.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -193,6 +192,8 @@ def test_a_sharded_checkpoint_resumes_in_one_process_and_exports_for_plain_peft(
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.equal(_adapter_logits(exported), _adapter_logits(out))
     # Each rank's file is listed; a copy that lost rank 1's file is refused naming it, before any load.
+    import shutil
+
     damaged = tmp_path / "damaged" / "step-000004"
     shutil.copytree(out / "checkpoints" / "step-000004", damaged)
     names = json.loads((damaged / "trainer_state.json").read_text())["state_files"]
