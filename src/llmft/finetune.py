@@ -38,6 +38,7 @@ from llmft.checkpoint.outputs import (
 )
 from llmft.checkpoint.resume import check_resume_config
 from llmft.checkpoint.state import (
+    discard_newer,
     latest_checkpoint,
     load_tensors,
     resolve_resume,
@@ -298,6 +299,14 @@ def _finetune(
         # Weights, optimizer state and RNG of every rank (DCP reshards them to this run's layout).
         done = trainer.restore(load_tensors(trainer, plan.checkpoint))
         log.info("resuming from %s at step %d of %d", plan.checkpoint, trainer.step, trainer.total_steps)
+        if plan.in_place and env.is_main:  # the later checkpoints belong to the continuation now replaced
+            dropped = discard_newer(plan.checkpoint, output_dir)
+            if dropped:
+                log.warning(
+                    "--resume: deleted the later checkpoint(s) %s of the run that continued from step %d",
+                    ", ".join(p.name for p in dropped),
+                    trainer.step,
+                )
     resolved_yaml = resolved.to_yaml()
     checkpoint = cfg.checkpoint
     trainer.checkpoint_every, trainer.checkpoint_at_epoch_end = (

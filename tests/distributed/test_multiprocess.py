@@ -256,6 +256,16 @@ def test_a_sharded_checkpoint_resumes_in_one_process_and_exports_for_plain_peft(
     result = run_cli("export", str(out / "checkpoints" / "step-000004"), "--out", str(exported))
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.equal(_adapter_logits(exported), _adapter_logits(out))
+    # Each rank's file is listed; a copy that lost rank 1's file is refused naming it, before any load.
+    import shutil
+
+    damaged = tmp_path / "damaged" / "step-000004"
+    shutil.copytree(out / "checkpoints" / "step-000004", damaged)
+    names = json.loads((damaged / "trainer_state.json").read_text())["state_files"]
+    assert names == [f"shard-0000{r}-model-00001-of-00001.safetensors" for r in (1, 2)]
+    (damaged / "state" / names[1]).unlink()
+    refused = run_cli("export", str(damaged), "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and f"'{damaged / 'state' / names[1]}' is missing" in refused.stderr
 
 
 @pytest.fixture(scope="module")

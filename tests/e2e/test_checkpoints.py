@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,11 +152,74 @@ def test_full_finetune_resumed_from_a_checkpoint_into_a_new_folder(tmp_path, str
     assert torch.equal(_logits(a, tokenizer), _logits(b, tokenizer))
 
 
-def test_a_resume_after_the_end_changes_nothing_and_more_epochs_continue(tmp_path, straight_lora):
+def test_resume_in_place_from_an_earlier_checkpoint_abandons_the_later_ones(
+    tmp_path, monkeypatch, caplog, straight_lora
+):
+    """A finished 6-step run continued in place from step 2 with max_steps 3: the checkpoints of steps 4
+    and 6 belong to the replaced continuation; they are deleted (said so), and --resume auto and the
+    closing report then follow the new run (step 3), not the higher abandoned folder."""
+    out = tmp_path / "run"
+    shutil.copytree(straight_lora, out)
+    monkeypatch.setattr(logging.getLogger("llmft"), "propagate", True)  # the CLI may have turned it off
+    short = {**COMMON, **LORA, "train.max_steps": 3}
+    with caplog.at_level(logging.WARNING, logger="llmft"):
+        result = _run(out, short, resume=str(out / "checkpoints" / "step-000002"))
+    assert (
+        "deleted the later checkpoint(s) step-000004, step-000006 of the run that continued from step 2"
+        in (caplog.text)
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000002", "step-000003"]
+    assert "latest step-000003;" in result.files["checkpoints"]
+    expected = {s: v for s, v in _losses(straight_lora).items() if s <= 3}
+    assert _losses(out) == expected
+    again = _run(out, short, resume="auto")  # from step 3: nothing left to train
+    assert "latest step-000003;" in again.files["checkpoints"]
+    assert _losses(out) == expected
+
+
+EPOCHS = {**{k: v for k, v in COMMON.items() if k != "train.max_steps"}, **LORA, "train.epochs": 2,
+          "train.lr_scheduler": "constant", "train.warmup_steps": 0, "train.eval_every": 0,
+          "data.max_samples": 18, "checkpoint.every_steps": 0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight_epochs(tmp_path_factory) -> Path:
+    """2 epochs of 4 steps (16 training records, batch 4) with a constant learning rate, so that a run
+    of 1 epoch continued with 2 follows the same schedule."""
+    out = tmp_path_factory.mktemp("ckpt") / "epochs"
+    _run(out, EPOCHS)
+    assert sorted(_losses(out)) == list(range(1, 9))
+    return out
+
+
+def test_resume_from_an_epoch_end_checkpoint_continues_epoch_2_with_identical_losses(
+    tmp_path, straight_epochs
+):
+    checkpoint = straight_epochs / "checkpoints" / "step-000004"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert (state["reason"], state["epoch"], state["micro_batches_done"]) == ("epoch_end", 1, 0)
+    out = tmp_path / "continued"
+    _run(out, EPOCHS, resume=str(checkpoint))
+    assert _losses(out) == {s: v for s, v in _losses(straight_epochs).items() if s > 4}
+    rows = [r for r in _rows(out) if "loss" in r]
+    assert [r["epoch"] for r in rows] == [1.25, 1.5, 1.75, 2.0]
+
+
+def test_a_resume_after_the_end_changes_nothing_and_more_epochs_continue(
+    tmp_path, straight_lora, straight_epochs
+):
     out = tmp_path / "again"
     _run(out, {**COMMON, **LORA}, resume=str(straight_lora))  # its latest checkpoint is the end
     assert _losses(out) == {}  # nothing left to train; the model is written again
     assert (out / "adapter_model.safetensors").is_file()
+    # A finished 1-epoch run continued in place with train.epochs 2 trains the second epoch: the same
+    # losses as the straight 2-epoch run.
+    one = tmp_path / "one-epoch"
+    _run(one, {**EPOCHS, "train.epochs": 1})
+    assert _losses(one) == {s: v for s, v in _losses(straight_epochs).items() if s <= 4}
+    _run(one, EPOCHS, resume="auto")
+    assert _losses(one) == _losses(straight_epochs)
+    assert latest_checkpoint(one) == one / "checkpoints" / "step-000008"
 
 
 def _cli_flags(settings: dict, out: Path) -> list[str]:
@@ -320,12 +385,13 @@ def test_export_of_a_finished_run_copies_its_model_without_run_files(tmp_path, s
 # Bad input
 
 
-def _one_line_error(result) -> str:
-    """The error: one line, the last, no traceback, and before any work (no training was set up)."""
+def _one_line_error(result, loaded: bool = False) -> str:
+    """The error: one line, the last, no traceback, and before any work (no training was set up) unless
+    ``loaded`` (found only when the checkpoint's tensors are loaded into the built model)."""
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("llmft: error: ")]
     assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and "training:" not in result.stderr
+    assert "Traceback" not in result.stderr and (loaded or "training:" not in result.stderr)
     return errors[0]
 
 
@@ -350,12 +416,48 @@ def test_a_truncated_checkpoint_file_is_named_in_one_line(tmp_path, straight_lor
     assert str(shard) in _one_line_error(export)
 
 
+def test_tensors_that_do_not_fit_are_one_line_for_resume_and_export(tmp_path, straight_lora):
+    """DCP reports a misfit tensor as CheckpointException, a BaseException: still one line, no traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    checkpoint = _copy_checkpoint(straight_lora / "checkpoints" / "step-000004", tmp_path)
+    (shard,) = (checkpoint / "state").glob("*.safetensors")
+    with safe_open(shard, "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    key = next(k for k in sorted(tensors) if k.startswith("model.") and "lora_A" in k)
+    rank, width = tensors[key].shape
+    tensors[key] = torch.zeros(rank + 1, width)
+    save_file(tensors, shard, metadata=metadata)
+    result = run_cli(
+        "finetune", *_cli_flags({**COMMON, **LORA}, tmp_path / "new"), "--resume", str(checkpoint)
+    )
+    line = _one_line_error(result, loaded=True)
+    shape = f"'{key}' has the shape [{rank + 1}, {width}] there, [{rank}, {width}] here"
+    assert str(checkpoint / "state") in line and shape in line, line
+    export = _one_line_error(run_cli("export", str(checkpoint), "--out", str(tmp_path / "x")))
+    assert str(checkpoint / "state") in export and shape in export
+
+
+def test_a_renamed_checkpoint_folder_exports_and_resumes(tmp_path, straight_lora):
+    renamed = tmp_path / "best-so-far"
+    shutil.copytree(straight_lora / "checkpoints" / "step-000004", renamed)
+    result = run_cli("export", str(renamed), "--out", str(tmp_path / "adapter"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert "torch.distributed is disabled" not in result.stderr  # DCP's single-process warning
+    out = tmp_path / "continued"
+    _run(out, {**COMMON, **LORA}, resume=str(renamed))
+    assert _losses(out) == {s: v for s, v in _losses(straight_lora).items() if s > 4}
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
         (lambda c: (c / "trainer_state.json").unlink(), "is not a complete checkpoint"),
         (lambda c: (c / "trainer_state.json").write_text("{not json"), "trainer_state.json' is corrupted"),
         (lambda c: (c / "optimizer_groups.json").unlink(), "optimizer_groups.json' is missing"),
+        (lambda c: (c / "rng" / "rank-00000.json").write_text("{}"), "rank-00000.json' is corrupted"),
     ],
 )
 def test_damaged_checkpoint_metadata_is_one_line(tmp_path, straight_lora, damage, message):
@@ -381,6 +483,13 @@ def test_resume_refuses_a_breaking_change_and_warns_about_a_harmless_one(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming with changed settings: train.log_every" in result.stderr
     assert [s for s in _losses(tmp_path / "c")] == [6]  # log_every 2 from step 5: the last step is logged
+    # The resumed run's own checkpoint holds the uninterrupted run's data position: 12 of the epoch's 18
+    # micro-batches (not "epoch 1": the resumed loader holds only the 10 left), and no early epoch end.
+    assert sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir()) == ["latest", "step-000006"]
+    position = ("epoch", "micro_batches_done", "samples_done")
+    saved = [json.loads((run / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+             for run in (tmp_path / "c", straight_lora)]  # fmt: skip
+    assert [saved[0][k] for k in position] == [saved[1][k] for k in position] == [0, 12, 24]
 
 
 def test_export_merge_writes_a_plain_model_with_the_adapter_models_logits(
@@ -400,3 +509,49 @@ def test_export_merge_writes_a_plain_model_with_the_adapter_models_logits(
         torch.testing.assert_close(_logits(merged, tokenizer), adapter, rtol=0, atol=1e-4)
     full = run_cli("export", str(straight_full), "--merge", "--out", str(tmp_path / "full"))
     assert "no adapter); drop --merge" in _one_line_error(full)  # full fine-tuning has nothing to fold
+
+
+def _dtypes(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+
+
+def test_export_dtype_writes_the_weights_in_that_dtype(tmp_path, straight_lora, straight_full):
+    out = tmp_path / "bf16"
+    result = run_cli("export", str(straight_lora), "--merge", "--dtype", "bfloat16", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Wrote merged model (bfloat16) to {out}/" in result.stdout
+    assert _dtypes(out) == {"BF16"}
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+    out = tmp_path / "fp16"
+    result = run_cli("export", str(straight_full), "--checkpoint", "--dtype", "float16", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Wrote model (float16) to {out}/" in result.stdout and "merged" not in result.stdout
+    assert _dtypes(out) == {"F16"}
+    adapter = run_cli("export", str(straight_lora), "--dtype", "float16", "--out", str(tmp_path / "a"))
+    assert "an adapter keeps its trained dtype; add --merge" in _one_line_error(adapter)
+
+
+def test_export_merge_of_a_4bit_lora_run_loads_in_plain_transformers(tmp_path):
+    """QLoRA (bitsandbytes nf4 base): the merged model is the dequantized base plus the adapter; its
+    logits match the adapter on the quantized base within 1e-3 (the export reports the difference)."""
+    from llmft.config import Config
+    from llmft.inference.loading import load_run_model
+
+    run = tmp_path / "qlora"
+    _run(run, {**COMMON, **LORA, "peft.method": "qlora", "train.max_steps": 2, "train.eval_every": 0,
+               "checkpoint.every_steps": 0})  # fmt: skip
+    out = tmp_path / "merged"
+    result = run_cli("export", str(run), "--merge", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Wrote merged model" in result.stdout
+    assert "merge: 4-bit (nf4) bitsandbytes base dequantized to float32" in result.stderr
+    assert "merge: max |logit difference| vs the adapter model" in result.stderr
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert getattr(merged.config, "quantization_config", None) is None
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    cfg = Config.model_validate(__import__("yaml").safe_load((run / "llmft_config.yaml").read_text()))
+    adapter, _ = load_run_model(run, cfg, torch.device("cpu"))
+    torch.testing.assert_close(_logits(merged, tokenizer), _logits(adapter, tokenizer), rtol=0, atol=1e-3)

@@ -196,6 +196,22 @@ def test_bad_input_is_one_line(alpaca_run, tmp_path, capsys):
     )
     assert "add --do-sample" in _fails(capsys, "generate", "--run", str(alpaca_run), "--prompt", "x",
                                        "--num-return-sequences", "2")  # fmt: skip
+    # Sampling settings out of range, or without --do-sample (greedy decoding would ignore them).
+    sample = ["generate", "--run", str(alpaca_run), "--prompt", "x"]
+    assert "--temperature -1.0: give a value above 0" in _fails(
+        capsys, *sample, "--do-sample", "--temperature", "-1"
+    )
+    assert "--temperature 0.0: give a value above 0" in _fails(
+        capsys, *sample, "--do-sample", "--temperature", "0"
+    )
+    assert "--top-p 2.0: give a probability mass in (0, 1]" in _fails(
+        capsys, *sample, "--do-sample", "--top-p", "2"
+    )
+    assert "--top-p 0.0" in _fails(capsys, *sample, "--do-sample", "--top-p", "0")
+    assert "--top-k 0: give 1 or more" in _fails(capsys, *sample, "--do-sample", "--top-k", "0")
+    assert "--temperature, --top-k: greedy decoding ignores sampling settings; add --do-sample" in _fails(
+        capsys, *sample, "--temperature", "0.7", "--top-k", "5"
+    )
     assert "no llmft_config.yaml" in _fails(capsys, "eval", "--run", str(tmp_path))
     assert "--model.name cannot change" in _fails(
         capsys, "eval", "--run", str(alpaca_run), "--model.name", "x"

@@ -45,6 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="with a run folder: export its latest checkpoint, not its final artifacts",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="the dtype of a merged or full model's weights (default: as trained)",
+    )
     return parser
 
 
@@ -85,13 +91,14 @@ def model_from_checkpoint(checkpoint: Path):
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
         set_model_state_dict,
     )
 
-    from llmft.checkpoint.state import STATE_DIR, verify_checkpoint
+    from llmft.checkpoint.state import STATE_DIR, dcp_failure, quiet_dcp, verify_checkpoint
     from llmft.config import Config
     from llmft.distributed.env import DistEnv
     from llmft.models.build import build_model
@@ -111,10 +118,13 @@ def model_from_checkpoint(checkpoint: Path):
     with without_quantization_state(model):  # a bitsandbytes base's frozen scales
         weights = {f"model.{k}": v for k, v in get_model_state_dict(model, options=options).items()}
     try:
-        dcp.load(weights, storage_reader=HuggingFaceStorageReader(str(checkpoint / STATE_DIR)))
-    except Exception as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise UserError(f"export: cannot read the weights of checkpoint '{checkpoint}' ({text})") from None
+        with quiet_dcp():
+            dcp.load(weights, storage_reader=HuggingFaceStorageReader(str(checkpoint / STATE_DIR)))
+    except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+        raise UserError(
+            f"export: cannot read the weights of checkpoint '{checkpoint / STATE_DIR}' ({dcp_failure(exc)}); "
+            f"export it with the model, peft and freeze settings it was written with"
+        ) from None
     # Not strict: the frozen base is not in the checkpoint (it came from its source above); every
     # trainable weight was, or dcp.load would have failed.
     loaded = {k[len("model.") :]: v for k, v in weights.items()}
@@ -123,14 +133,16 @@ def model_from_checkpoint(checkpoint: Path):
     return model, tokenizer, cfg, classifier
 
 
-def _merge(model):
+def _merge(model, dtype: str | None):
     from peft import PeftModel
 
     if not isinstance(model, PeftModel):
         raise UserError("export --merge: this run trained the model's own weights (no adapter); drop --merge")
+    import torch
+
     from llmft.peft.merge import merge_adapter
 
-    merged, notes = merge_adapter(model)
+    merged, notes = merge_adapter(model, dtype=getattr(torch, dtype) if dtype else None)
     for note in notes:
         log.info("merge: %s", note)
     return merged
@@ -176,21 +188,33 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         log.info("exporting checkpoint %s", checkpoint)
         model, tokenizer, cfg, classifier = model_from_checkpoint(checkpoint)
-    elif args.merge:
-        model, tokenizer, cfg, classifier = _model_from_run(source)
+    elif args.merge or args.dtype:
+        model, tokenizer, cfg, classifier = _model_from_run(source, adapter=args.merge)
     else:  # the run's final artifacts already are the export: copy them
         return _copy_run(source, out)
+    full = cfg.peft.method == "none"
+    if args.dtype and not (args.merge or full):
+        raise UserError(
+            f"export --dtype {args.dtype}: an adapter keeps its trained dtype; add --merge to write a whole "
+            f"model in {args.dtype}"
+        )
     if args.merge:
-        model = _merge(model)
+        model = _merge(model, args.dtype)
+    elif args.dtype:
+        import torch
+
+        model = model.to(getattr(torch, args.dtype))
     written = _write(model, tokenizer, out, classifier)
-    kind = "merged model" if args.merge or cfg.peft.method == "none" else "PEFT adapter"
-    print(f"Wrote {kind} to {out}/: {', '.join(sorted(written))}")
+    kind = "merged model" if args.merge else "model" if full else "PEFT adapter"
+    dtype = f" ({args.dtype})" if args.dtype else ""
+    print(f"Wrote {kind}{dtype} to {out}/: {', '.join(sorted(written))}")
     return 0
 
 
-def _model_from_run(run_dir: Path):
-    """The finished run's model as plain users load it: its base with the saved adapter through PEFT
-    (the loaders of ``llmft generate`` / ``llmft predict``)."""
+def _model_from_run(run_dir: Path, adapter: bool):
+    """The finished run's model as plain users load it: its base with the saved adapter through PEFT,
+    or its own weights (the loaders of ``llmft generate`` / ``llmft predict``). ``adapter``: the run
+    must have one (to merge it)."""
     import torch
 
     from llmft.inference.loading import load_run_model, run_config
@@ -198,7 +222,7 @@ def _model_from_run(run_dir: Path):
     from llmft.models.heads import ClassifierSpec
 
     cfg = run_config(run_dir, flag="export")
-    if not (run_dir / "adapter_config.json").is_file():
+    if adapter and not (run_dir / "adapter_config.json").is_file():
         raise UserError("export --merge: this run trained the model's own weights (no adapter); drop --merge")
     if cfg.task == "classification":
         model, tokenizer = load_classifier(run_dir, torch.device("cpu"))

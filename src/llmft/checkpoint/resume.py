@@ -52,6 +52,7 @@ def check_resume_config(info: CheckpointInfo, current: dict[str, Any], world_siz
             f"--resume: {info.path} was written with other settings that it cannot continue under: {shown}; "
             f"resume with the checkpoint's own settings ({info.path / 'llmft_config.yaml'}) or start a new run"
         )
+    _check_data_position(info, current, world_size)
     warnings = []
     if changes:
         warnings.append(f"resuming with changed settings: {', '.join(changes)}")
@@ -64,3 +65,21 @@ def check_resume_config(info: CheckpointInfo, current: dict[str, Any], world_siz
     for warning in warnings:
         log.warning("%s", warning)
     return warnings
+
+
+def _check_data_position(info: CheckpointInfo, current: dict[str, Any], world_size: int) -> None:
+    """Refuse, before the model loads, a layout that cannot continue the checkpoint's data position.
+
+    Each of the W processes reads every W-th sample of one global order, so a position of S samples
+    into the epoch continues only when S is a whole number of micro-batches of all processes together
+    (the trainer's ``load_data_state`` makes the same check when it restores the position).
+    """
+    samples = int(info.state.get("samples_done", 0) or 0)
+    micro = int((current.get("train") or {}).get("micro_batch_size") or 1)
+    if samples % (micro * world_size):
+        raise UserError(
+            f"--resume: {info.path} stopped {samples} samples into epoch {info.state.get('epoch')}, which "
+            f"{world_size} process(es) x train.micro_batch_size {micro} cannot continue from; resume with the "
+            f"number of processes and micro_batch_size it was written with "
+            f"({info.state.get('world_size')} x {_flatten(info.config).get('train.micro_batch_size')})"
+        )

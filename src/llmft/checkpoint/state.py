@@ -13,20 +13,21 @@ Only safetensors and JSON/YAML are read back, never pickle. DCP reshards on load
 written by 2 FSDP ranks loads into 1 process (export) or into another layout.
 
 Atomicity: every rank writes into ``.tmp-step-<N>/``; once all have finished, rank 0 writes
-``trainer_state.json``, renames the folder to ``step-<N>/`` and only then moves the ``latest`` marker.
-A kill at any moment leaves the previous complete checkpoint untouched and named by ``latest``.
+``trainer_state.json``, points the ``latest`` marker at ``step-<N>`` and renames the folder into place
+(until then the marker dangles and :func:`llmft.checkpoint.layout.latest_checkpoint` falls back to the
+newest complete folder). A kill at any moment leaves the previous complete checkpoint untouched.
+Finding checkpoints is :mod:`llmft.checkpoint.layout`; checking one, :mod:`llmft.checkpoint.verify`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
-import re
 import shutil
-import struct
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,36 @@ import numpy as np
 import torch
 
 from llmft import __version__
+
+# Re-exported: callers import the checkpoint API from here.
+from llmft.checkpoint.layout import (  # noqa: F401
+    _OLD_PREFIX,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    GROUPS_FILE,
+    LATEST_FILE,
+    RNG_DIR,
+    STATE_DIR,
+    STATE_FILE,
+    _aside,
+    _complete,
+    _repair_resave,
+    checkpoint_name,
+    discard_newer,
+    is_checkpoint,
+    is_complete,
+    latest_checkpoint,
+    resolve_resume,
+    write_marker,
+)
+from llmft.checkpoint.verify import (  # noqa: F401
+    CheckpointInfo,
+    check_safetensors,
+    dcp_failure,
+    read_info,
+    verify_checkpoint,
+)
 from llmft.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,145 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
-STATE_FILE = "trainer_state.json"
-STATE_DIR = "state"
-GROUPS_FILE = "optimizer_groups.json"
-RNG_DIR = "rng"
-CONFIG_FILE = "llmft_config.yaml"
-FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-# -------------------------------------------------------------------------------------------------
-# Finding checkpoints
-
-
-def is_complete(path: Path) -> bool:
-    """A checkpoint folder is complete once its trainer_state.json exists (it is written last)."""
-    return _STEP_DIR.match(path.name) is not None and (path / STATE_FILE).is_file()
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run folder, or None.
-
-    The ``latest`` marker names it; if the marker is missing or names a folder that is gone (a kill
-    between the rename and the marker update), the highest complete ``step-*`` folder serves.
-    """
-    folder = run_dir / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return None
-    marker = folder / LATEST_FILE
-    if marker.is_file():
-        named = folder / marker.read_text(encoding="utf-8").strip()
-        if is_complete(named):
-            newer = [p for p in _complete(folder) if _step_of(p) > _step_of(named)]
-            return newer[-1] if newer else named
-    complete = _complete(folder)
-    return complete[-1] if complete else None
-
-
-def _step_of(path: Path) -> int:
-    match = _STEP_DIR.match(path.name)
-    return int(match.group(1)) if match else -1
-
-
-def _complete(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if is_complete(p)), key=_step_of)
-
-
-def resolve_resume(value: str, output_dir: Path) -> Path | None:
-    """The checkpoint that ``--resume VALUE`` names.
-
-    ``auto``: the latest complete checkpoint in ``output_dir`` (None when there is none: a fresh start).
-    A path: a checkpoint folder, or a run folder (its latest checkpoint).
-    """
-    if value == "auto":
-        return latest_checkpoint(output_dir) if output_dir.is_dir() else None
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise UserError(f"--resume: '{path}' not found; pass a checkpoint folder, a run folder or 'auto'")
-    if (path / CHECKPOINTS_DIR).is_dir() or not _STEP_DIR.match(path.name):
-        found = latest_checkpoint(path)
-        if found is None:
-            raise UserError(
-                f"--resume: '{path}' holds no complete checkpoint (no {CHECKPOINTS_DIR}/step-*/{STATE_FILE}); "
-                f"pass a checkpoint folder or start without --resume"
-            )
-        return found
-    if not (path / STATE_FILE).is_file():
-        raise UserError(
-            f"--resume: '{path}' is not a complete checkpoint ({STATE_FILE} is missing: it was interrupted "
-            f"while saving); pass an earlier checkpoint or --resume auto"
-        )
-    return path
-
-
-# -------------------------------------------------------------------------------------------------
-# Reading what a checkpoint says about itself
-
-
-@dataclass
-class CheckpointInfo:
-    path: Path
-    state: dict[str, Any]  # trainer_state.json
-    config: dict[str, Any]  # llmft_config.yaml, as plain data
-
-
-def read_info(path: Path) -> CheckpointInfo:
-    """The checkpoint's trainer state and config; a missing or unreadable file is a UserError naming it."""
-    import yaml
-
-    state_file = path / STATE_FILE
-    config_file = path / CONFIG_FILE
-    for item in (state_file, config_file):
-        if not item.is_file():
-            raise UserError(f"checkpoint file '{item}' is missing; resume from another checkpoint") from None
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-            raise ValueError(f"not a version {FORMAT_VERSION} llmft trainer state")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"checkpoint file '{state_file}' is corrupted ({exc}); resume from another checkpoint"
-        ) from None
-    try:
-        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not a mapping")
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"checkpoint file '{config_file}' is corrupted ({exc}); resume from another checkpoint"
-        ) from None
-    return CheckpointInfo(path, state, config)
-
-
-def check_safetensors(path: Path) -> None:
-    """Refuse a truncated or damaged safetensors file before DCP reads it, naming the file.
-
-    The format is an 8-byte little-endian header length, a JSON header whose ``data_offsets`` give each
-    tensor's byte range, then the data: the file must be exactly as long as the header says. (The
-    safetensors library checks this only when it reads each tensor, with a message that names no file.)
-    """
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + header_len + end != size:
-            raise ValueError(f"{size} bytes, expected {8 + header_len + end}")
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise UserError(
-            f"checkpoint file '{path}' is corrupted or truncated ({exc}); resume from another checkpoint"
-        ) from None
+# torch.distributed.checkpoint warns on every single-process save and load; that is how llmft uses it.
+_SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -267,7 +161,9 @@ def save_checkpoint(
     staging = folder / f".tmp-{name}"
     if env.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob(".tmp-step-*"):  # an earlier save that was killed
+        _repair_resave(folder)
+        # An earlier save or discard that was killed; an old folder whose re-save completed.
+        for leftover in [*folder.glob(".tmp-*"), *folder.glob(f"{_OLD_PREFIX}step-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         (staging / RNG_DIR).mkdir(parents=True)
     env.barrier()
@@ -275,9 +171,11 @@ def save_checkpoint(
     tensors, settings = _state_dicts(trainer)
     # Every rank writes the shards it owns to a file of its own; replicated tensors (DDP, the
     # optimizer's step counts) are written once.
-    dcp.save(
-        tensors, storage_writer=HuggingFaceStorageWriter(str(staging / STATE_DIR), save_distributed=True)
-    )
+    with quiet_dcp():
+        dcp.save(
+            tensors,
+            storage_writer=HuggingFaceStorageWriter(str(staging / STATE_DIR), save_distributed=True),
+        )
     _write_json(staging / RNG_DIR / f"rank-{env.rank:05d}.json", _rng_state())
     env.barrier()
 
@@ -295,6 +193,8 @@ def save_checkpoint(
             **trainer.data_state(),
             "world_size": env.world_size,
             "strategy": env.strategy,
+            # The tensor files every rank wrote: a checkpoint missing one is refused, naming it.
+            "state_files": sorted(f.name for f in (staging / STATE_DIR).glob("*.safetensors")),
             "scheduler": trainer.scheduler.state_dict(),
             "summary": {
                 "losses": summary.losses,
@@ -306,17 +206,31 @@ def save_checkpoint(
             "evaluated_at": trainer.evaluated_at,
         }
         _write_json(staging / STATE_FILE, state)  # last: its presence marks the folder complete
+        # The marker moves first: until the rename below it names a folder that is not there, and
+        # latest_checkpoint falls back to the newest complete one (the previous checkpoint).
+        write_marker(folder, name)
+        aside = _aside(final)
         if final.exists():  # the same step saved again (a resumed run that stopped at once)
-            shutil.rmtree(final)
+            # Moved aside, not deleted, until the new folder is in place: a kill in between leaves the old
+            # one, which latest_checkpoint moves back (with keep 1 it is the only checkpoint).
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(staging, final)
-        marker = folder / f".{LATEST_FILE}.tmp"
-        marker.write_text(name + "\n", encoding="utf-8")
-        os.replace(marker, folder / LATEST_FILE)
         _fsync_dir(folder)
+        shutil.rmtree(aside, ignore_errors=True)
         for old in _complete(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     env.barrier()
     return final
+
+
+@contextlib.contextmanager
+def quiet_dcp():
+    """Silence DCP's one warning that a save or load runs in a single process (what llmft means to do
+    without a process group); every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING, category=UserWarning)
+        yield
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -332,28 +246,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def verify_checkpoint(path: Path) -> CheckpointInfo:
-    """Read and check every file of a checkpoint before any work (a one-line error names the bad one)."""
-    info = read_info(path)
-    state_dir = path / STATE_DIR
-    files = sorted(state_dir.glob("*.safetensors")) if state_dir.is_dir() else []
-    if not files:
-        raise UserError(
-            f"checkpoint folder '{state_dir}' holds no .safetensors files; resume from another checkpoint"
-        ) from None
-    for file in files:
-        check_safetensors(file)
-    groups_file = path / GROUPS_FILE
-    try:
-        json.loads(groups_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"checkpoint file '{groups_file}' is missing or corrupted ({exc}); resume from another checkpoint"
-        ) from None
-
-    return info
-
-
 def load_tensors(trainer: Trainer, path: Path) -> dict[str, Any]:
     """Load the checkpoint's weights, optimizer state and RNG into ``trainer``'s (already built) model
     and optimizer, resharding to this run's layout; returns the trainer state (trainer_state.json)."""
@@ -365,16 +257,16 @@ def load_tensors(trainer: Trainer, path: Path) -> dict[str, Any]:
     state_dir = path / STATE_DIR
     settings = json.loads((path / GROUPS_FILE).read_text(encoding="utf-8"))
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     tensors, template_settings = _state_dicts(trainer)
     try:
-        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(state_dir)))
-    except Exception as exc:  # DCP wraps errors from every rank; the gist is a missing or misfit tensor
-        text = " ".join(str(exc).split())
-        missing = re.search(r"Missing key in checkpoint state_dict: ([\w.]+)", text)
-        detail = f"it has no '{missing.group(1)}'" if missing else text[:300]
+        with quiet_dcp():
+            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(state_dir)))
+    except (Exception, CheckpointException) as exc:  # the gist: a missing or misfit tensor
         raise UserError(
-            f"checkpoint '{path}' does not fit this model ({detail}); resume with the model, peft and freeze "
-            f"settings it was written with"
+            f"checkpoint '{state_dir}' does not fit this model ({dcp_failure(exc)}); resume with the model, "
+            f"peft and freeze settings it was written with"
         ) from None
     for key, value in settings.items():
         if key.endswith(".betas"):

@@ -83,6 +83,20 @@ def _positive(value: int | None, flag: str) -> None:
         raise UserError(f"{flag} {value}: give 1 or more")
 
 
+def _check_sampling(args: argparse.Namespace) -> None:
+    """The sampling flags' ranges (transformers would fail later with a traceback, or accept a top-p
+    above 1), and no sampling flag without --do-sample (greedy decoding would ignore it silently)."""
+    if args.temperature is not None and not args.temperature > 0:
+        raise UserError(f"--temperature {args.temperature}: give a value above 0 (e.g. 0.7)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p {args.top_p}: give a probability mass in (0, 1] (e.g. 0.9)")
+    _positive(args.top_k, "--top-k")
+    given = [flag for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p),
+                                      ("--top-k", args.top_k)) if value is not None]  # fmt: skip
+    if given and not args.do_sample:
+        raise UserError(f"{', '.join(given)}: greedy decoding ignores sampling settings; add --do-sample")
+
+
 def _runtime(cfg, args: argparse.Namespace):
     """(device, compute dtype) from the flags, else from the run's config."""
     from llmft.distributed.env import resolve_device
@@ -150,6 +164,7 @@ def run_generate(args: argparse.Namespace, extra: list[str]) -> int:
             f"--num-return-sequences {args.num_return_sequences}: greedy decoding gives one answer; "
             f"add --do-sample"
         )
+    _check_sampling(args)
     if args.prompts and not Path(args.prompts).is_file():  # before loading a model
         raise UserError(f"--prompts: file '{args.prompts}' not found")
     cfg, model, tokenizer, data_format, device, dtype = _generate_inputs(args)

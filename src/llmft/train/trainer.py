@@ -198,6 +198,8 @@ class Trainer:
         self.val_loader = (
             eval_loader(val_data, cfg.micro_batch_size, pad_id, pin_memory=pin) if val_data else None
         )
+        # Micro-batches of a whole epoch, taken now: after a resume the loader counts only those left.
+        self.epoch_micro_batches = len(self.train_loader)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation_steps)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.parameters = [p for p in model.parameters() if p.requires_grad]
@@ -345,7 +347,7 @@ class Trainer:
         process, and the samples of it consumed by all processes together (which a different number of
         processes can continue from). A finished epoch is stated as the start of the next."""
         epoch, done = self.epoch, self.micro_batches_done
-        if done >= len(self.train_loader):
+        if done >= self.epoch_micro_batches:
             epoch, done = epoch + 1, 0
         return {
             "epoch": epoch,
@@ -510,7 +512,7 @@ class Trainer:
         """Why a checkpoint is due after ``step``, or None."""
         if self.checkpoint_every and step % self.checkpoint_every == 0:
             return "interval"
-        if self.checkpoint_at_epoch_end and self.micro_batches_done >= len(self.train_loader):
+        if self.checkpoint_at_epoch_end and self.micro_batches_done >= self.epoch_micro_batches:
             return "epoch_end"
         if step >= self.total_steps and (self.checkpoint_every or self.checkpoint_at_epoch_end):
             return "end"
