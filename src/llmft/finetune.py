@@ -38,6 +38,7 @@ from llmft.checkpoint.outputs import (
 )
 from llmft.checkpoint.resume import check_resume_config
 from llmft.checkpoint.state import (
+    CHECKPOINTS_DIR,
     discard_newer,
     latest_checkpoint,
     load_tensors,
@@ -182,6 +183,14 @@ def _plan_resume(resume: str | None, output_dir: Path, overwrite: bool, inputs: 
         check_output_dir(output_dir, interrupted, inputs)
         return None, interrupted
     in_place = output_dir.resolve() in checkpoint.resolve().parents
+    own_steps = (output_dir / CHECKPOINTS_DIR).resolve()
+    if in_place and checkpoint.resolve().parent != own_steps:
+        # A copy kept inside the run folder (e.g. run/saved/best): continuing there would leave the run's
+        # own `latest` and later step folders pointing at another continuation.
+        raise UserError(
+            f"--resume: '{checkpoint}' lies inside the run folder {output_dir} but is not one of its "
+            f"{CHECKPOINTS_DIR}/step-N checkpoints; continue it into a new --output_dir instead"
+        )
     if not in_place:  # a new run folder that starts from another run's checkpoint
         check_output_dir(output_dir, False, {**inputs, "--resume": checkpoint})
     return _Resume(checkpoint, in_place), False

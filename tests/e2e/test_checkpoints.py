@@ -449,6 +449,14 @@ def test_a_renamed_checkpoint_folder_exports_and_resumes(tmp_path, straight_lora
     out = tmp_path / "continued"
     _run(out, {**COMMON, **LORA}, resume=str(renamed))
     assert _losses(out) == {s: v for s, v in _losses(straight_lora).items() if s > 4}
+    # A copy kept inside a run folder continues into a new folder, not in place over that run.
+    inside = out / "saved" / "best"
+    shutil.copytree(renamed, inside)
+    result = run_cli("finetune", *_cli_flags({**COMMON, **LORA}, out), "--resume", str(inside))
+    assert _one_line_error(result) == (
+        f"llmft: error: --resume: '{inside}' lies inside the run folder {out} but is not one of its "
+        f"checkpoints/step-N checkpoints; continue it into a new --output_dir instead"
+    )
 
 
 @pytest.mark.parametrize(

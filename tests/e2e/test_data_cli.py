@@ -256,8 +256,23 @@ def test_fine_tune_shim_keeps_alpaca_lora_batch_meaning_and_names_its_flags(monk
         "llmft: error: --batch_size 2 is smaller than --micro_batch_size 3 x 1 process(es); alpaca-lora would "
         "accumulate 0 micro-batches - raise --batch_size or lower --micro_batch_size"
     )
+    assert error("--micro_batch_size", "0") == (
+        "llmft: error: --micro_batch_size 0: give a whole number of examples, at least 1"
+    )
+    # llmft's own flag for a field the shim sets replaces the shim's value (a list flag would add up).
+    args = alpaca_lora.to_llmft_args(["--peft.lora.target_modules", "k_proj"])
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--peft.lora.target_modules"] == ["k_proj"]
+    assert "target_modules:\n    - k_proj\n" in _printed_config(
+        alpaca_lora, capsys, "--peft.lora.target_modules", "k_proj"
+    )
     # alpaca-lora's default --val_set_size 2000 (with --data_path) on a small file.
     assert error("--data_path", str(bundled_sample("alpaca_sample.jsonl"))) == (
         "llmft: error: --val_set_size: holding out 2000 of 259 records leaves none for training; use a smaller "
         "count or fraction (--val_set_size defaults to 2000 with --data_path, as in alpaca-lora)"
     )
+
+
+def _printed_config(alpaca_lora, capsys, *flags: str) -> str:
+    capsys.readouterr()
+    assert alpaca_lora.main([*flags, "--print-config"]) == 0
+    return capsys.readouterr().out

@@ -91,7 +91,10 @@ def test_discard_newer_deletes_the_abandoned_continuation_and_moves_the_marker(t
     assert [p.name for p in dropped] == ["step-000004", "step-000006", "step-000008"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000002"]
     assert latest_checkpoint(tmp_path) == two
+    marker = tmp_path / "checkpoints" / "latest"
+    before = (marker.stat().st_ino, marker.stat().st_mtime_ns)
     assert discard_newer(two, tmp_path) == []
+    assert (marker.stat().st_ino, marker.stat().st_mtime_ns) == before  # nothing replaced: nothing rewritten
 
 
 def _tiny_trainer() -> Trainer:

@@ -317,5 +317,8 @@ def test_a_repeated_flag_adds_up_for_a_list_and_the_last_wins_otherwise():
     config = build_config({"freeze": {"include": ["embed"]}}, parse_overrides([*tokens, *repeated]))
     assert config.freeze.include == ["layers\\.3\\.", "lm_head", "norm"]  # the flags replace the file's list
     assert config.freeze.exclude == ["mlp"]
+    # Comma lists add up item by item too.
+    lora = ["--peft.lora.target_modules", "q_proj,v_proj", "--peft.lora.target_modules", "k_proj"]
+    assert build_config({}, parse_overrides(lora)).peft.lora.target_modules == ["q_proj", "v_proj", "k_proj"]
     overrides = parse_overrides(["--train.lr", "1e-4", "--train.seed", "3", "--train.lr=2e-4"])
     assert build_config({}, overrides).train.lr == pytest.approx(2e-4)  # argparse's rule: the last wins

@@ -108,14 +108,23 @@ def discard_newer(checkpoint: Path, run_dir: Path) -> list[Path]:
         return []
     step = int(json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"])
     newer = [p for p in folder.iterdir() if _STEP_DIR.match(p.name) and _step_of(p) > step]
+    # The marker first: a kill during the deletions below then leaves `latest` at the resumed checkpoint,
+    # never at a folder being deleted. Rewritten only when it changes (a resume that replaces nothing
+    # leaves the checkpoints folder as it was).
+    marker = folder / LATEST_FILE
+    current = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+    if (
+        checkpoint.parent.resolve() == folder.resolve()
+        and is_complete(checkpoint)
+        and current != checkpoint.name
+    ):
+        write_marker(folder, checkpoint.name)
     for path in newer:
         # Renamed out of the step-* namespace first, so a kill during the deletion leaves no half folder
         # that could be taken for a checkpoint.
         doomed = path.with_name(f".tmp-discard-{path.name}")
         os.replace(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
-    if checkpoint.parent.resolve() == folder.resolve() and is_complete(checkpoint):
-        write_marker(folder, checkpoint.name)
     return sorted(newer, key=_step_of)
 
 

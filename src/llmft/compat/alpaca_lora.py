@@ -129,6 +129,9 @@ def effective_batch_size(batch_size: int, micro_batch_size: int, world_size: int
     """The global batch alpaca-lora trains on: it accumulates ``batch_size // micro_batch_size``
     micro-batches, divided (rounding down) by the number of processes, so the batch it really uses is
     ``micro_batch_size x accumulation x world size``, which may be less than ``batch_size``."""
+    for flag, value in (("--batch_size", batch_size), ("--micro_batch_size", micro_batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: give a whole number of examples, at least 1")
     accumulation = batch_size // micro_batch_size // world_size
     if accumulation < 1:
         raise UserError(
@@ -202,10 +205,11 @@ def translate(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     typed = {token.split("=")[0][2:] for token in rest if token.startswith("--")}
     for key, value in values.items():
         field = FLAGS[key][0]
-        if field is not None:
+        # A field the user also set with llmft's own flag is left to that flag (for a list field a
+        # repeated flag would add up instead of replacing this default).
+        if field is not None and field not in typed:
             args += [f"--{field}", value]
-            if field not in typed:  # an llmft flag typed after it wins, and keeps its own name
-                flags_of_fields[field] = key
+            flags_of_fields[field] = key
     if given.get("resume_from_checkpoint"):
         args += ["--resume", _resume_target(given["resume_from_checkpoint"])]
         flags_of_fields["resume"] = "resume_from_checkpoint"

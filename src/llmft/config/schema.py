@@ -192,9 +192,13 @@ class LoraSection(_Section):
     @field_validator("target_modules", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
-        # `--peft.lora.target_modules q_proj,v_proj` arrives as one string.
+        # `--peft.lora.target_modules q_proj,v_proj` arrives as one string; a repeated flag as a list of
+        # such strings (`... q_proj,v_proj --peft.lora.target_modules k_proj`).
         if isinstance(value, str) and value != "all-linear":
             return [part.strip() for part in value.strip("[]").split(",") if part.strip()]
+        if isinstance(value, list) and len(value) > 1:
+            return [part.strip() for item in value for part in (item.split(",") if isinstance(item, str) else [item])
+                    if not isinstance(part, str) or part.strip()]  # fmt: skip
         return value
 
     @field_validator("target_modules")
