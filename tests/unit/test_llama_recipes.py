@@ -129,12 +129,13 @@ def test_flags_llmft_cannot_honour_are_clear_errors(argv, message):
         translate(argv, world_size=1)
 
 
-def test_the_shim_without_torchrun_names_the_shim_launch():
+def test_the_shim_without_torchrun_names_the_shim_launch(tmp_path):
     # Run as a script without torchrun's environment, the shim's user is told the shim's launch.
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     shim = Path(__file__).resolve().parents[2] / "fsdp_finetuning.py"
     result = subprocess.run(
-        [sys.executable, str(shim), "--enable_fsdp"], capture_output=True, text=True, env=env, timeout=120
-    )
+        [sys.executable, str(shim), "--enable_fsdp", "--output_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 2
     assert "launch with `torchrun --nproc_per_node N fsdp_finetuning.py ...`" in result.stderr
