@@ -540,6 +540,10 @@ def test_export_dtype_writes_the_weights_in_that_dtype(tmp_path, straight_lora, 
     assert _dtypes(out) == {"F16"}
     adapter = run_cli("export", str(straight_lora), "--dtype", "float16", "--out", str(tmp_path / "a"))
     assert "an adapter keeps its trained dtype; add --merge" in _one_line_error(adapter)
+    step = straight_lora / "checkpoints" / "step-000004"
+    adapter = run_cli("export", str(step), "--dtype", "float16", "--out", str(tmp_path / "a"))
+    assert "an adapter keeps its trained dtype; add --merge" in _one_line_error(adapter)
+    assert "exporting checkpoint" not in adapter.stderr  # refused from the config, before any loading
 
 
 def test_export_merge_of_a_4bit_lora_run_loads_in_plain_transformers(tmp_path):

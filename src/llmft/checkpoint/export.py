@@ -165,6 +165,18 @@ def _write(model, tokenizer, out: Path, classifier) -> list[str]:
     return written
 
 
+def _method(checkpoint: Path | None, run_dir: Path) -> str:
+    """The PEFT method of a checkpoint or finished run, read from its resolved config (no model loaded)."""
+    if checkpoint is not None:
+        from llmft.checkpoint.state import verify_checkpoint
+        from llmft.config import Config
+
+        return Config.model_validate(verify_checkpoint(checkpoint).config).peft.method
+    from llmft.inference.loading import run_config
+
+    return run_config(run_dir, flag="export").peft.method
+
+
 def run(args: argparse.Namespace) -> int:
     from llmft.checkpoint.state import is_complete, latest_checkpoint, resolve_resume
 
@@ -185,6 +197,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         checkpoint = None
 
+    if args.dtype and not args.merge and _method(checkpoint, source) != "none":  # before any loading
+        raise UserError(
+            f"export --dtype {args.dtype}: an adapter keeps its trained dtype; add --merge to write a whole "
+            f"model in {args.dtype}"
+        )
     if checkpoint is not None:
         log.info("exporting checkpoint %s", checkpoint)
         model, tokenizer, cfg, classifier = model_from_checkpoint(checkpoint)
@@ -193,11 +210,6 @@ def run(args: argparse.Namespace) -> int:
     else:  # the run's final artifacts already are the export: copy them
         return _copy_run(source, out)
     full = cfg.peft.method == "none"
-    if args.dtype and not (args.merge or full):
-        raise UserError(
-            f"export --dtype {args.dtype}: an adapter keeps its trained dtype; add --merge to write a whole "
-            f"model in {args.dtype}"
-        )
     if args.merge:
         model = _merge(model, args.dtype)
     elif args.dtype:
