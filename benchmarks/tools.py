@@ -170,6 +170,22 @@ def _hf_model(spec: dict[str, Any]):
     return AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
 
 
+def _train_and_report(trainer, spec: dict[str, Any], settings: str) -> dict[str, Any]:
+    """Train an HF-style trainer (Trainer or SFTTrainer), save its model, and report what the harness
+    compares: train time, steps, logged losses, precision, the RSS before training and the settings."""
+    baseline = rss_mib()
+    output = trainer.train()
+    trainer.save_model(spec["output_dir"])
+    return {
+        "train_s": output.metrics["train_runtime"],
+        "steps": trainer.state.global_step,
+        "losses": _losses(trainer),
+        "precision": "bf16" if spec["hp"]["peer_bf16"] else "fp32",
+        "baseline_rss_mib": baseline,
+        "settings": settings,
+    }
+
+
 def run_hf(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     from peft import get_peft_model
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -189,19 +205,13 @@ def run_hf(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
         train_dataset=dataset,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
     )
-    baseline = rss_mib()
-    output = trainer.train()
-    trainer.save_model(spec["output_dir"])
     sampling = "length-grouped (train_sampling_strategy=group_by_length)" if grouped else "random sampling"
-    return {
-        "train_s": output.metrics["train_runtime"],
-        "steps": trainer.state.global_step,
-        "losses": _losses(trainer),
-        "precision": "bf16" if hp["peer_bf16"] else "fp32",
-        "baseline_rss_mib": baseline,
-        "settings": f"{sampling}, padded batches of {hp['seq_batch']} sequences (DataCollatorForSeq2Seq), "
+    return _train_and_report(
+        trainer,
+        spec,
+        f"{sampling}, padded batches of {hp['seq_batch']} sequences (DataCollatorForSeq2Seq), "
         f"bf16={hp['peer_bf16']} (autocast), optim adamw_torch_fused",
-    }
+    )
 
 
 def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
@@ -228,18 +238,12 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=_lora_config(hp) if spec["method"] == "lora" else None,
     )
-    baseline = rss_mib()
-    output = trainer.train()
-    trainer.save_model(spec["output_dir"])
-    return {
-        "train_s": output.metrics["train_runtime"],
-        "steps": trainer.state.global_step,
-        "losses": _losses(trainer),
-        "precision": "bf16" if hp["peer_bf16"] else "fp32",
-        "baseline_rss_mib": baseline,
-        "settings": f"packing=True, packing_strategy=bfd (padding-free rows of up to {hp['max_seq_len']} "
+    return _train_and_report(
+        trainer,
+        spec,
+        f"packing=True, packing_strategy=bfd (padding-free rows of up to {hp['max_seq_len']} "
         f"tokens), {hp['packed_rows']} rows per step, bf16={hp['peer_bf16']}, optim adamw_torch_fused",
-    }
+    )
 
 
 def main(spec_path: str) -> None:
