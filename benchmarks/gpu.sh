@@ -15,7 +15,7 @@
 # bitsandbytes. Carry them as wheels (built here, where pip reaches PyPI):
 #   bash benchmarks/gpu_wheels.sh            # writes .whl/ (ignored by git)
 # and in the device call name `.whl` in `carry`; this script installs them into /tmp/site first.
-# Environment: SHAPES (comma list: 1b,8b,tiny), STEPS (default 20), WARMUP (3), WORKDIR, RESULTS,
+# Environment: SHAPES (comma list: 1b,8b,tiny), RUNS (comma list of run names, e.g. 1b-lora), STEPS (default 20), WARMUP (3), WORKDIR, RESULTS,
 # PYTHON (default .venv/bin/python, else python3), USE_WHEELS=0 to ignore .whl/ (e.g. a CPU dry run here:
 # the wheels are built for the GPU image's Python 3.12).
 set -euo pipefail
@@ -54,5 +54,5 @@ RESULTS=${RESULTS:-benchmarks/results/$(date -u +%Y-%m-%d)-gpu-$(hostname).json}
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
     torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
 time "$PY" -m benchmarks.gpu_bench --shapes "$SHAPES" --steps "$STEPS" --warmup "$WARMUP" \
-    --workdir "$WORKDIR" --out "$RESULTS"
+    --workdir "$WORKDIR" --out "$RESULTS" --runs "${RUNS:-}"
 echo "wrote $RESULTS"

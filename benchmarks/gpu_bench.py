@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run (warm-up included)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the rates")
     parser.add_argument("--records", type=int, default=6000, help="alpaca-style records to write")
+    parser.add_argument("--runs", default="", help="comma list of run names to keep (default: all of the shapes)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llmft-gpu-bench"))
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
     args = parser.parse_args(argv)
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[{shape}] model ready in {time.perf_counter() - started:.0f}s; attention length {attn_len:.0f}",
               flush=True)  # fmt: skip
         for name, run_shape, tool, method, rows in RUNS:
-            if run_shape != shape:
+            if run_shape != shape or (args.runs and name not in args.runs.split(",")):
                 continue
             started = time.perf_counter()
             if tool == "llmft":

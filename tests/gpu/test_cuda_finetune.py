@@ -56,3 +56,34 @@ def test_fsdp_on_cuda_with_nccl(tmp_path, options):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] is not None for r in rows if "loss" in r)
     assert (out / "adapter_model.safetensors").is_file() and "on cuda" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"peft.method": "qlora"},
+        {"peft.method": "lora", "model.quantization": "8bit"},
+        {"peft.method": "qlora", "model.quant_backend": "torchao"},
+    ],
+    ids=["bnb-4bit", "bnb-8bit", "torchao-nf4"],
+)
+def test_quantized_base_on_cuda(tmp_path, overrides):
+    """QLoRA's bases on the GPU: bitsandbytes' CUDA kernels (4-bit, 8-bit) and torchao's NF4."""
+    pytest.importorskip("bitsandbytes")
+    cfg = build_config(
+        {},
+        {
+            **overrides,
+            "train.max_steps": 20,
+            "train.lr": 1e-3,
+            "train.progress": False,
+            "logging.tensorboard": False,
+            "generation.max_new_tokens": 4,
+            "output_dir": str(tmp_path / "run"),
+        },
+    )
+    result = finetune(cfg)
+    assert result.device.startswith("cuda")
+    losses = result.summary.losses
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
+    assert (result.output_dir / "adapter_model.safetensors").is_file()
