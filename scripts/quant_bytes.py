@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from llmft.config import ModelSection
-from llmft.distributed.parallelize import decoder_blocks
 from llmft.models.loader import load_causal_lm, resolve_model
 from llmft.models.quantize import quantized_base_bytes
+from llmft.models.structure import decoder_blocks
 
 SETUPS = {
     "fp32": {"dtype": "float32"},

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from llmft.build import build_model
 from llmft.checkpoint.outputs import (
     CONFIG_FILE,
     RUN_MARKER,
@@ -49,17 +50,17 @@ from llmft.checkpoint.state import (
 from llmft.config import Config
 from llmft.data.pipeline import prepare_data
 from llmft.distributed.env import DistEnv, check_launch, setup_distributed, teardown_distributed
-from llmft.distributed.parallelize import apply_ddp, full_state_dict, unwrap
+from llmft.distributed.parallelize import apply_ddp, full_state_dict
 from llmft.errors import UserError
 from llmft.evaluation.generations import generation_eval_hook
 from llmft.inference.generate import generate_text
 from llmft.inference.predict import classify
 from llmft.launch import stop as stop_requests
 from llmft.memory import run as memory_run
-from llmft.models.build import build_model
 from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, attach_head
 from llmft.models.loader import check_max_seq_len, load_tokenizer, model_skeleton, resolve_model
 from llmft.models.presets import llmft_home
+from llmft.models.structure import unwrap
 from llmft.peft.freeze import check_freeze, describe_groups
 from llmft.peft.methods import check_method, count_parameters
 from llmft.train.metrics import MetricsLogger, check_wandb, finite_or_none, plot_run

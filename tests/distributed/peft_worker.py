@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 
 from llmft.config import ModelSection, build_config
-from llmft.distributed.parallelize import hf_model, unwrap
 from llmft.finetune import finetune
 from llmft.models.loader import load_causal_lm, resolve_model
 from llmft.models.quantize import quantized_base_bytes
+from llmft.models.structure import hf_model, unwrap
 
 COMMON = {
     "train.max_steps": 4,

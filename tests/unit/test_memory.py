@@ -12,6 +12,7 @@ from test_trainer import _examples
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
 from helpers import run_cli
+from llmft.build import enable_activation_checkpointing as _enable_activation_checkpointing
 from llmft.cli import main
 from llmft.config import ModelSection, TrainSection, build_config
 from llmft.data.pipeline import TokenizedDataset
@@ -21,7 +22,6 @@ from llmft.memory.estimator import Setup, estimate, suggestions
 from llmft.memory.measure import SavedTensors, optimizer_state, tensor_bytes
 from llmft.memory.params import MethodSpec, inventory
 from llmft.memory.report import SCHEMA, parse_size
-from llmft.models.build import enable_activation_checkpointing as _enable_activation_checkpointing
 from llmft.models.loader import load_causal_lm, resolve_model
 from llmft.peft.methods import apply_method
 from llmft.train.loss import token_loss_sum

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from llmft.config import ModelSection, PeftSection
-from llmft.distributed.parallelize import clip_grad_norm_, decoder_blocks, hf_model, local_bytes
+from llmft.distributed.parallelize import clip_grad_norm_, local_bytes
 from llmft.errors import UserError
 from llmft.models.loader import model_skeleton, resolve_model
+from llmft.models.structure import decoder_blocks, hf_model
 from llmft.peft.methods import apply_method
 
 

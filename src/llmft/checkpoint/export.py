@@ -98,10 +98,10 @@ def model_from_checkpoint(checkpoint: Path):
         set_model_state_dict,
     )
 
+    from llmft.build import build_model
     from llmft.checkpoint.state import STATE_DIR, dcp_failure, quiet_dcp, verify_checkpoint
     from llmft.config import Config
     from llmft.distributed.env import DistEnv
-    from llmft.models.build import build_model
     from llmft.models.loader import load_tokenizer, resolve_model
 
     info = verify_checkpoint(checkpoint)

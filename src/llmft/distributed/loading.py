@@ -20,9 +20,10 @@ from torch import nn
 
 from llmft.config import FsdpSection, ModelSection
 from llmft.distributed.env import DistEnv
-from llmft.distributed.parallelize import apply_fsdp, average_unsharded_gradients, hf_model
+from llmft.distributed.parallelize import apply_fsdp, average_unsharded_gradients
 from llmft.errors import UserError
 from llmft.models.loader import ModelSource, load_causal_lm, model_skeleton
+from llmft.models.structure import hf_model
 
 log = logging.getLogger(__name__)
 

@@ -24,45 +24,11 @@ from torch import nn
 
 from llmft.config import FsdpSection
 from llmft.distributed.env import DistEnv
-from llmft.errors import UserError
+from llmft.models.structure import decoder_blocks, hf_model, unwrap
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def hf_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside ``model`` (a DDP wrapper, a PeftModel, or the model itself)."""
-    model = unwrap(model)
-    get_base = getattr(model, "get_base_model", None)  # PeftModel
-    return get_base() if callable(get_base) else model
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under a DDP wrapper (FSDP2 wraps nothing: it changes the modules in place)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def decoder_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a transformer, found from the model itself, never by a hard-coded class.
-
-    transformers names them in ``_no_split_modules`` (the classes that device maps never split, e.g.
-    ``LlamaDecoderLayer``); failing that, the children of the longest ``nn.ModuleList`` are taken.
-    """
-    base = hf_model(model)
-    names = set(getattr(base, "_no_split_modules", None) or ())
-    blocks = [m for m in base.modules() if type(m).__name__ in names]
-    if not blocks:
-        lists = [m for m in base.modules() if isinstance(m, nn.ModuleList)]
-        blocks = list(max(lists, key=len)) if lists else []
-    if not blocks:
-        raise UserError(
-            f"distributed.strategy fsdp: found no decoder blocks in {type(base).__name__} (no "
-            f"_no_split_modules and no module list) to shard one by one; use --distributed.strategy ddp"
-        )
-    return blocks
 
 
 def apply_fsdp(model: nn.Module, cfg: FsdpSection, mesh) -> nn.Module:

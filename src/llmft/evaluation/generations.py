@@ -15,10 +15,10 @@ from torch import nn
 
 from llmft.config import EvalSection
 from llmft.distributed.env import DistEnv
-from llmft.distributed.parallelize import unwrap
 from llmft.evaluation.metrics import metric_names, task_metrics
 from llmft.inference.generate import generate_completions
 from llmft.inference.prompts import clean_reference
+from llmft.models.structure import unwrap
 
 log = logging.getLogger("llmft")
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from llmft.config import ModelSection
+from llmft.models.structure import decoder_blocks
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ def quantize_nf4_(model: nn.Module, shards: int) -> list[str]:
         from torchao.quantization import to_nf4
     except ImportError:  # torchao before 0.16 kept NF4 under dtypes
         from torchao.dtypes.nf4tensor import to_nf4
-
-    from llmft.distributed.parallelize import decoder_blocks
 
     blocks = {id(block) for block in decoder_blocks(model)}
     skipped = []

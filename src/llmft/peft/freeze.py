@@ -14,8 +14,8 @@ from collections import defaultdict
 from torch import nn
 
 from llmft.config import FreezeSection
-from llmft.distributed.parallelize import decoder_blocks, hf_model
 from llmft.errors import UserError
+from llmft.models.structure import decoder_blocks, hf_model
 
 log = logging.getLogger(__name__)
 
