@@ -82,7 +82,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    # torch's own probes, as llmft's train.precision auto uses them (llmft.train.optim.cpu_has_fast_bf16).
+    # torch's own probes, as llmft's train.precision auto uses them (llmft.precision.cpu_has_fast_bf16).
     flags = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
              for name in ("avx512_bf16", "amx_tile")}  # fmt: skip
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)

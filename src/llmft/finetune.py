@@ -63,9 +63,9 @@ from llmft.models.presets import llmft_home
 from llmft.models.structure import unwrap
 from llmft.peft.freeze import check_freeze, describe_groups
 from llmft.peft.methods import check_method, count_parameters
+from llmft.precision import matmul_precision, resolve_precision
 from llmft.train.metrics import MetricsLogger, check_wandb, finite_or_none, plot_run
 from llmft.train.observe import peak_memory
-from llmft.train.optim import resolve_precision
 from llmft.train.trainer import Trainer, TrainSummary, accumulation_steps
 
 log = logging.getLogger("llmft")
@@ -264,15 +264,7 @@ def _finetune(
         # own per rank, or all ranks would drop the same positions of their different sequences.
         torch.manual_seed(cfg.train.seed + env.rank)
     compute_dtype = resolve_precision(cfg.train.precision, env.device)
-    # What the matrix products run in: the autocast dtype, else the dtype FSDP gathers the weights in,
-    # else their storage dtype.
-    precision = (
-        "bf16"
-        if compute_dtype is not None
-        else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
-            cfg.distributed.fsdp.param_dtype or cfg.model.dtype
-        ]
-    )
+    precision = matmul_precision(compute_dtype, cfg.model, cfg.distributed.fsdp)  # what the products run in
 
     # The trainer checks the batch layout and that something trains, still before any file is written.
     trainer = Trainer(

@@ -17,7 +17,7 @@ from llmft.errors import UserError
 from llmft.models.loader import load_causal_lm, resolve_model
 from llmft.peft.methods import apply_method
 from llmft.train.loss import count_targets, token_loss_sum
-from llmft.train.optim import lr_factor, resolve_precision
+from llmft.train.optim import lr_factor
 from llmft.train.trainer import Trainer, accumulation_steps
 
 CPU_ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -209,18 +209,6 @@ def test_schedule_warmup_then_decay():
     assert linear == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])  # no step at lr 0
     assert [lr_factor(s, warmup=1, total=2, kind="linear", min_ratio=0.0) for s in range(2)] == [1.0, 0.5]
     assert lr_factor(9, warmup=2, total=10, kind="constant", min_ratio=0.0) == 1.0
-
-
-def test_precision_resolution(monkeypatch):
-    from llmft.train import optim
-
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) is None
-    assert resolve_precision("bf16", cpu) is torch.bfloat16
-    monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: True)
-    assert resolve_precision("auto", cpu) is torch.bfloat16
-    monkeypatch.setattr(optim, "cpu_has_fast_bf16", lambda: False)
-    assert resolve_precision("auto", cpu) is None
 
 
 def _batch(examples: list[TokenizedExample]):

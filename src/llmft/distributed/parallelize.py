@@ -25,10 +25,9 @@ from torch import nn
 from llmft.config import FsdpSection
 from llmft.distributed.env import DistEnv
 from llmft.models.structure import decoder_blocks, hf_model, unwrap
+from llmft.precision import DTYPES
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def apply_fsdp(model: nn.Module, cfg: FsdpSection, mesh) -> nn.Module:

@@ -100,7 +100,7 @@ def _check_sampling(args: argparse.Namespace) -> None:
 def _runtime(cfg, args: argparse.Namespace):
     """(device, compute dtype) from the flags, else from the run's config."""
     from llmft.distributed.env import resolve_device
-    from llmft.train.optim import resolve_precision
+    from llmft.precision import resolve_precision
 
     device = resolve_device(args.device or cfg.distributed.device)
     return device, resolve_precision(args.precision or cfg.train.precision, device)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from llmft.config import GenerationSection
+from llmft.precision import autocast
 
 
 @torch.no_grad()
@@ -44,9 +45,7 @@ def generate_completions(
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        with torch.autocast(
-            device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None
-        ):
+        with autocast(device, compute_dtype):
             output = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,

@@ -12,6 +12,7 @@ from torch import nn
 from llmft.errors import UserError
 from llmft.hf import quiet_progress_bars
 from llmft.models.heads import CLASSIFIER_FILE, ClassifierSpec, fp32_head, mlp_head
+from llmft.precision import autocast
 
 
 @torch.no_grad()
@@ -27,9 +28,7 @@ def classify(
     model.eval()
     batch = tokenizer(texts, return_tensors="pt", padding=True).to(device)
     try:
-        with torch.autocast(
-            device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None
-        ):
+        with autocast(device, compute_dtype):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     finally:
         model.train(was_training)

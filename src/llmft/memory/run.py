@@ -12,8 +12,7 @@ from llmft.memory.architectures import shape_from_hf_config
 from llmft.memory.estimator import Estimate, Setup, estimate
 from llmft.memory.params import LLAMA_LINEARS, METHODS, MethodSpec
 from llmft.memory.report import estimate_json, format_estimate, gib
-
-_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+from llmft.precision import label, matmul_precision
 
 
 def method_spec(cfg: Config, num_layers: int) -> MethodSpec:
@@ -54,8 +53,8 @@ def run_setup(cfg: Config, hf_config: Any, world_size: int, device: torch.device
         seq_len=cfg.data.max_seq_len,  # padded rows are at most this long; packed rows are this long
         micro_batch=cfg.train.micro_batch_size,
         precision=compute,
-        base_dtype=_DTYPES[cfg.model.dtype],
-        fsdp_param_dtype=_DTYPES[dist.fsdp.param_dtype] if dist.fsdp.param_dtype else None,
+        base_dtype=label(cfg.model.dtype),
+        fsdp_param_dtype=label(dist.fsdp.param_dtype) if dist.fsdp.param_dtype else None,
         activation_checkpointing=cfg.train.gradient_checkpointing,
         optimizer="adamw",
         cpu_offload=dist.fsdp.cpu_offload,
@@ -92,21 +91,6 @@ def compare(result: Estimate, measured: dict[str, float]) -> tuple[dict[str, Any
     return section, lines
 
 
-def precisions(cfg: Config, compute_dtype: torch.dtype | None) -> tuple[str, str]:
-    """(autocast precision for the planner, precision the matrix products run in for the MFU peak).
-
-    The first is fp32 without autocast, else the autocast dtype (bf16 or fp16, never relabelled). The
-    second is the autocast dtype, else the dtype FSDP gathers the weights in, else a 4-bit base's
-    ``model.compute_dtype``, else the storage dtype: a LoRA over a bf16 base without autocast multiplies
-    in bf16, so its MFU is against the bf16 peak, not the (up to 15x lower) fp32 one.
-    """
-    compute = "fp32" if compute_dtype is None else _DTYPES[str(compute_dtype).removeprefix("torch.")]
-    if compute_dtype is not None:
-        return compute, compute
-    quantized = cfg.model.compute_dtype if cfg.model.quantization == "4bit" else None
-    return compute, _DTYPES[cfg.distributed.fsdp.param_dtype or quantized or cfg.model.dtype]
-
-
 def start(cfg: Config, hf_config: Any, env, compute_dtype: torch.dtype | None):
     """Log the run's memory estimate and build the step observer; returns (estimate, observer)."""
     import logging
@@ -114,11 +98,13 @@ def start(cfg: Config, hf_config: Any, env, compute_dtype: torch.dtype | None):
     from llmft.memory.params import inventory
     from llmft.train.observe import Observer, flops_model, peak_flops
 
-    compute, matmul = precisions(cfg, compute_dtype)
-    setup = run_setup(cfg, hf_config, env.world_size, env.device, compute)
+    # The planner models the autocast dtype (fp32: no autocast, never relabelled); the MFU peak is that
+    # of the dtype the products run in (llmft.precision.matmul_precision).
+    setup = run_setup(cfg, hf_config, env.world_size, env.device, label(compute_dtype or torch.float32))
     result, table = plan(setup)
     log = logging.getLogger("llmft")
     log.info("%s", table)
+    matmul = matmul_precision(compute_dtype, cfg.model, cfg.distributed.fsdp)
     peak, source = peak_flops(env.device, matmul, cfg.logging.peak_tflops, cfg.logging.measure_cpu_peak)
     flops = flops_model(setup.shape, inventory(setup.shape, setup.method, setup.storage))
     log.info(

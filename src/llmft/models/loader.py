@@ -21,10 +21,10 @@ import torch
 from llmft.config import ModelSection
 from llmft.errors import UserError
 from llmft.models.presets import PRESETS, materialize
+from llmft.precision import DTYPES
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Weight files that from_pretrained reads (single files or the index of a sharded checkpoint).
 _WEIGHT_FILES = (
     "*.safetensors",

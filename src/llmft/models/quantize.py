@@ -28,10 +28,10 @@ from torch import nn
 
 from llmft.config import ModelSection
 from llmft.models.structure import decoder_blocks
+from llmft.precision import DTYPES
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NF4_BLOCK = 64  # values per absmax block (QLoRA's and torchao's default)
 
 

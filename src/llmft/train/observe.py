@@ -20,6 +20,7 @@ import torch
 
 from llmft.memory.architectures import ModelShape
 from llmft.memory.params import Inventory
+from llmft.precision import LABEL_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
         peak = gpu_peak_flops(name, precision)
         return peak, f"{name} datasheet" if peak else f"{name} (unknown: set logging.peak_tflops)"
     if measure_cpu:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        return measure_cpu_peak(dtype), "measured CPU matmul"
+        return measure_cpu_peak(LABEL_DTYPES.get(precision, torch.float32)), "measured CPU matmul"
     return None, "CPU (set logging.measure_cpu_peak for a measured peak)"
 
 

@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule and compute precision."""
+"""Optimizer and learning-rate schedule (the compute precision is :mod:`llmft.precision`'s)."""
 
 from __future__ import annotations
 
@@ -81,20 +81,3 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total_steps, cfg.lr_scheduler, cfg.min_lr_ratio)
     )
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.precision`` on ``device``; None means plain fp32."""
-    if setting == "fp32":
-        return None
-    if setting == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None

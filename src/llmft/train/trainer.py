@@ -29,6 +29,7 @@ from llmft.distributed.parallelize import clip_grad_norm_, gradient_sync
 from llmft.errors import UserError
 from llmft.launch import stop as stop_requests
 from llmft.launch.stop import EXIT_PREEMPTED, STOP_SIGNALS  # noqa: F401 (re-exported)
+from llmft.precision import autocast
 from llmft.train.loss import class_loss_sum, classification_metrics, count_targets, token_loss_sum
 from llmft.train.metrics import MetricsLogger
 from llmft.train.observe import Observer
@@ -98,7 +99,7 @@ class TrainSummary:
 def forward_logits(model: nn.Module, batch: Batch, device: torch.device, compute_dtype: torch.dtype | None):
     """The model's logits of a collated batch (already on ``device``), under autocast when
     ``compute_dtype`` is set; training and evaluation both call this."""
-    with torch.autocast(device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None):
+    with autocast(device, compute_dtype):
         logits = model(**Trainer.model_inputs(batch), use_cache=False).logits
     # Prompt tuning prepends virtual tokens and PEFT returns their logits too: keep the real tokens'.
     length = batch["input_ids"].shape[1]
