@@ -103,8 +103,8 @@ def attention_length(model_dir: Path, records: Path, template: str) -> float:
 
 def flops_per_token(model_dir: Path, method: str, attn_len: float) -> float:
     from llmft.memory.architectures import resolve_shape
+    from llmft.memory.flops import flops_model
     from llmft.memory.params import MethodSpec, inventory
-    from llmft.train.observe import flops_model
 
     shape = resolve_shape(str(model_dir))
     spec = MethodSpec("full") if method == "full" else MethodSpec("qlora" if method == "qlora" else "lora")

@@ -229,7 +229,7 @@ def _run(args: argparse.Namespace, tools: list[str], methods: list[str], workdir
             "flops_formula": "per document of n tokens: n * (dense + attention_per_position * n); dense = 2N "
             "forward + 2N input-gradient + 2N weight-gradient of each trained matrix (6N full; 4N + 6 x adapter "
             "parameters for LoRA); attention 4 * q_dim per layer and position forward, 3x that with backward "
-            "(llmft.train.observe.flops_model, the same numerator for every tool)",
+            "(llmft.memory.flops.flops_model, the same numerator for every tool)",
         },
         "matmul_peak_flops": peaks,
         "runs": rows,

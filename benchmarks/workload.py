@@ -172,8 +172,8 @@ def useful_flops(model_dir: Path, method: str, lengths: list[int], lora_r: int =
     padded tool compute, but is not useful work, so it is not in the numerator (the MFU convention).
     """
     from llmft.memory.architectures import resolve_shape
+    from llmft.memory.flops import flops_model
     from llmft.memory.params import MethodSpec, inventory
-    from llmft.train.observe import flops_model
 
     shape = resolve_shape(str(model_dir))
     spec = MethodSpec("lora", lora_r=lora_r) if method == "lora" else MethodSpec("full")

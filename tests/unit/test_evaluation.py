@@ -7,12 +7,12 @@ import torch
 
 from helpers import write_jsonl
 from llmft.config import DataSection
-from llmft.data.formats import RowContext, get_format
+from llmft.data.formats import RowContext, get_format, split_example
 from llmft.data.instruct import ALPACA_TEMPLATES
 from llmft.data.pipeline import prepare_data
 from llmft.errors import UserError
 from llmft.evaluation.metrics import exact_match, gleu, metric_names, rouge_l, task_metrics
-from llmft.inference.prompts import read_prompts, record_prompt, split_example
+from llmft.inference.prompts import read_prompts, record_prompt
 
 WHERE = RowContext("test.jsonl", 1)
 

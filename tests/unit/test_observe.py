@@ -9,9 +9,10 @@ import pytest
 from llmft.cli import main
 from llmft.errors import UserError
 from llmft.memory.architectures import KNOWN_ARCHITECTURES
+from llmft.memory.flops import flops_model
 from llmft.memory.params import MethodSpec, inventory
 from llmft.train.metrics import check_wandb
-from llmft.train.observe import flops_model, gpu_peak_flops
+from llmft.train.observe import gpu_peak_flops
 
 SHAPE = KNOWN_ARCHITECTURES["llama-2-7b"]
 

@@ -37,6 +37,20 @@ class Segment(NamedTuple):
 Example = list[Segment]
 
 
+def split_example(segments: Sequence[Segment]) -> tuple[str, str] | None:
+    """(prompt, answer) of a rendered example; None when nothing precedes the answer (plain text).
+
+    The prompt is the text before the last trained segment, the answer that segment: what the model saw
+    before its answer in training, so generation and validation answers start from the same text.
+    """
+    trained = [i for i, segment in enumerate(segments) if segment.trained]
+    if not trained:
+        return None
+    last = trained[-1]
+    prompt = "".join(segment.text for segment in segments[:last])
+    return (prompt, segments[last].text) if prompt else None
+
+
 @dataclass(frozen=True)
 class RowContext:
     """Where a record came from, for error messages ("data/x.jsonl row 12")."""

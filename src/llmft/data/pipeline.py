@@ -13,11 +13,10 @@ from transformers import PreTrainedTokenizerBase
 
 from llmft.config import DataSection
 from llmft.data.batching import Collator, ResumableSampler, pack_examples
-from llmft.data.formats import DataFormat, RowContext, Segment, get_format, text_field
+from llmft.data.formats import DataFormat, RowContext, Segment, get_format, split_example, text_field
 from llmft.data.sources import bundled_sample, load_records
 from llmft.data.tokenize import IGNORE_INDEX, SpecialIds, TokenizedExample, tokenize_segments
 from llmft.errors import UserError
-from llmft.inference.prompts import split_example
 
 log = logging.getLogger(__name__)
 

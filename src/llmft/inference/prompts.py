@@ -1,7 +1,7 @@
 """Prompts in the training format: from a rendered example, from a record, or from a line of text.
 
 A rendered example (:class:`llmft.data.formats.Segment` list) splits into the prompt the model saw
-before its answer (the text before the last trained segment) and that answer. Records given to
+before its answer and that answer (:func:`llmft.data.formats.split_example`). Records given to
 ``llmft generate --prompts FILE.jsonl`` go through the format's own ``render``, so a prompt is exactly
 what training rendered; a record without its answer (no ``output``, ``target``, ``label``, or a
 conversation that ends with a user turn) gets a placeholder answer that is dropped again.
@@ -10,12 +10,12 @@ conversation that ends with a user turn) gets a placeholder answer that is dropp
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmft.data.formats import DataFormat, RowContext, Segment
+from llmft.data.formats import DataFormat, RowContext, split_example
 from llmft.errors import UserError
 
 _PLACEHOLDER = "…"
@@ -27,16 +27,6 @@ class PromptItem:
 
     prompt: str
     references: list[str] | None = None
-
-
-def split_example(segments: Sequence[Segment]) -> tuple[str, str] | None:
-    """(prompt, answer) of a rendered example; None when nothing precedes the answer (plain text)."""
-    trained = [i for i, segment in enumerate(segments) if segment.trained]
-    if not trained:
-        return None
-    last = trained[-1]
-    prompt = "".join(segment.text for segment in segments[:last])
-    return (prompt, segments[last].text) if prompt else None
 
 
 def clean_reference(text: str, tokenizer) -> str:

@@ -95,8 +95,9 @@ def start(cfg: Config, hf_config: Any, env, compute_dtype: torch.dtype | None):
     """Log the run's memory estimate and build the step observer; returns (estimate, observer)."""
     import logging
 
+    from llmft.memory.flops import flops_model
     from llmft.memory.params import inventory
-    from llmft.train.observe import Observer, flops_model, peak_flops
+    from llmft.train.observe import Observer, peak_flops
 
     # The planner models the autocast dtype (fp32: no autocast, never relabelled); the MFU peak is that
     # of the dtype the products run in (llmft.precision.matmul_precision).
