@@ -135,6 +135,15 @@ def test_saving_the_same_step_again_never_loses_the_only_checkpoint(tmp_path, mo
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", first.name]
 
 
+def test_the_latest_marker_names_the_checkpoint_when_extra_files_are_saved(tmp_path):
+    """A classifier's run saves its classes beside the state; the marker still names the step folder
+    (it once named the last extra file, and latest_checkpoint only found the folder by falling back)."""
+    extra = {"classifier.json": "{}\n", "notes.txt": "x\n"}
+    saved = save_checkpoint(_tiny_trainer(), tmp_path, "{}\n", TrainSummary(), 1, "end", extra_files=extra)
+    assert (tmp_path / "checkpoints" / "latest").read_text(encoding="utf-8").strip() == saved.name
+    assert (saved / "classifier.json").read_text(encoding="utf-8") == "{}\n"
+
+
 def test_verify_names_a_missing_rank_file_and_a_corrupt_rng_file(tmp_path):
     trainer = _tiny_trainer()
     checkpoint = save_checkpoint(trainer, tmp_path, "{}\n", TrainSummary(), keep=1, reason="end")

@@ -182,8 +182,8 @@ def save_checkpoint(
     if env.is_main:
         _write_json(staging / GROUPS_FILE, settings)
         (staging / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for file_name, text in (extra_files or {}).items():
+            (staging / file_name).write_text(text, encoding="utf-8")
         state = {
             "format": FORMAT_VERSION,
             "llmft_version": __version__,
