@@ -150,23 +150,48 @@ def save_checkpoint(
     ``extra_files``: more small text files (name -> content) that describe the model, e.g. a
     classifier's classes. Returns the complete checkpoint folder. The previous ``keep - 1`` complete
     checkpoints stay.
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
+    The checkpoint is written into a ``.tmp-`` folder (every rank its tensors and RNG state, then rank 0
+    the small files, ``trainer_state.json`` last) and renamed into place by rank 0.
+    """
     env = trainer.env
     folder = run_dir / CHECKPOINTS_DIR
     name = checkpoint_name(trainer.step)
-    final = folder / name
     staging = folder / f".tmp-{name}"
     if env.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        _repair_resave(folder)
-        # An earlier save or discard that was killed; an old folder whose re-save completed.
-        for leftover in [*folder.glob(".tmp-*"), *folder.glob(f"{_OLD_PREFIX}step-*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
-        (staging / RNG_DIR).mkdir(parents=True)
+        _clear_staging(folder, staging)
     env.barrier()
+
+    settings = _write_tensors(trainer, staging)
+    env.barrier()
+
+    if env.is_main:
+        _write_json(staging / GROUPS_FILE, settings)
+        (staging / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+        for file_name, text in (extra_files or {}).items():
+            (staging / file_name).write_text(text, encoding="utf-8")
+        state = _trainer_state(trainer, summary, reason, staging)
+        _write_json(staging / STATE_FILE, state)  # last: its presence marks the folder complete
+        _publish(staging, folder / name, keep)
+    env.barrier()
+    return folder / name
+
+
+def _clear_staging(folder: Path, staging: Path) -> None:
+    """Make an empty staging folder, after removing what a killed save left behind. Rank 0 only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _repair_resave(folder)
+    # An earlier save or discard that was killed; an old folder whose re-save completed.
+    for leftover in [*folder.glob(".tmp-*"), *folder.glob(f"{_OLD_PREFIX}step-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    (staging / RNG_DIR).mkdir(parents=True)
+
+
+def _write_tensors(trainer: Trainer, staging: Path) -> dict[str, Any]:
+    """This rank's tensors (through DCP) and RNG state into ``staging``; returns the optimizer's
+    non-tensor settings (rank 0 writes them)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
     tensors, settings = _state_dicts(trainer)
     # Every rank writes the shards it owns to a file of its own; replicated tensors (DDP, the
@@ -176,52 +201,54 @@ def save_checkpoint(
             tensors,
             storage_writer=HuggingFaceStorageWriter(str(staging / STATE_DIR), save_distributed=True),
         )
-    _write_json(staging / RNG_DIR / f"rank-{env.rank:05d}.json", _rng_state())
-    env.barrier()
+    _write_json(staging / RNG_DIR / f"rank-{trainer.env.rank:05d}.json", _rng_state())
+    return settings
 
-    if env.is_main:
-        _write_json(staging / GROUPS_FILE, settings)
-        (staging / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
-        for file_name, text in (extra_files or {}).items():
-            (staging / file_name).write_text(text, encoding="utf-8")
-        state = {
-            "format": FORMAT_VERSION,
-            "llmft_version": __version__,
-            "reason": reason,
-            "step": trainer.step,
-            "total_steps": trainer.total_steps,
-            **trainer.data_state(),
-            "world_size": env.world_size,
-            "strategy": env.strategy,
-            # The tensor files every rank wrote: a checkpoint missing one is refused, naming it.
-            "state_files": sorted(f.name for f in (staging / STATE_DIR).glob("*.safetensors")),
-            "scheduler": trainer.scheduler.state_dict(),
-            "summary": {
-                "losses": summary.losses,
-                "train_time_s": summary.train_time_s,
-                "real_tokens": summary.real_tokens,
-                "eval_loss": summary.eval_loss,
-                "eval_metrics": summary.eval_metrics,
-            },
-            "evaluated_at": trainer.evaluated_at,
-        }
-        _write_json(staging / STATE_FILE, state)  # last: its presence marks the folder complete
-        # The marker moves first: until the rename below it names a folder that is not there, and
-        # latest_checkpoint falls back to the newest complete one (the previous checkpoint).
-        write_marker(folder, name)
-        aside = _aside(final)
-        if final.exists():  # the same step saved again (a resumed run that stopped at once)
-            # Moved aside, not deleted, until the new folder is in place: a kill in between leaves the old
-            # one, which latest_checkpoint moves back (with keep 1 it is the only checkpoint).
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(final, aside)
-        os.replace(staging, final)
-        _fsync_dir(folder)
+
+def _trainer_state(trainer: Trainer, summary: TrainSummary, reason: str, staging: Path) -> dict[str, Any]:
+    """trainer_state.json: the step, the data position, the schedule and the summary so far."""
+    env = trainer.env
+    return {
+        "format": FORMAT_VERSION,
+        "llmft_version": __version__,
+        "reason": reason,
+        "step": trainer.step,
+        "total_steps": trainer.total_steps,
+        **trainer.data_state(),
+        "world_size": env.world_size,
+        "strategy": env.strategy,
+        # The tensor files every rank wrote: a checkpoint missing one is refused, naming it.
+        "state_files": sorted(f.name for f in (staging / STATE_DIR).glob("*.safetensors")),
+        "scheduler": trainer.scheduler.state_dict(),
+        "summary": {
+            "losses": summary.losses,
+            "train_time_s": summary.train_time_s,
+            "real_tokens": summary.real_tokens,
+            "eval_loss": summary.eval_loss,
+            "eval_metrics": summary.eval_metrics,
+        },
+        "evaluated_at": trainer.evaluated_at,
+    }
+
+
+def _publish(staging: Path, final: Path, keep: int) -> None:
+    """Rename the complete ``staging`` folder to ``final``, point ``latest`` at it, and delete all but
+    the newest ``keep`` complete checkpoints. Rank 0 only."""
+    folder = final.parent
+    # The marker moves first: until the rename below it names a folder that is not there, and
+    # latest_checkpoint falls back to the newest complete one (the previous checkpoint).
+    write_marker(folder, final.name)
+    aside = _aside(final)
+    if final.exists():  # the same step saved again (a resumed run that stopped at once)
+        # Moved aside, not deleted, until the new folder is in place: a kill in between leaves the old
+        # one, which latest_checkpoint moves back (with keep 1 it is the only checkpoint).
         shutil.rmtree(aside, ignore_errors=True)
-        for old in _complete(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    env.barrier()
-    return final
+        os.replace(final, aside)
+    os.replace(staging, final)
+    _fsync_dir(folder)
+    shutil.rmtree(aside, ignore_errors=True)
+    for old in _complete(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -168,21 +168,10 @@ def prepare_data(
     (numerically sorted when all are integers), kept with the model. ``hold_out_all`` makes every
     record a validation record (``llmft eval`` on a data set of its own).
     """
-    if not getattr(tokenizer, "is_fast", False):
-        # The label mask needs character offsets, which only the fast (Rust) tokenizers give.
-        raise UserError(
-            f"model.name: the tokenizer ({type(tokenizer).__name__}) is a slow Python tokenizer; llmft needs a "
-            f"fast one (tokenizer.json) - convert it with AutoTokenizer.from_pretrained(..., use_fast=True)"
-            f".save_pretrained(DIR) and use that folder"
-        )
+    _check_fast(tokenizer)
     fmt = get_format(cfg, tokenizer)
     path = resolve_source(cfg, fmt)
-    records = load_records(path, cfg.split, cfg.subset, cfg.column_map)
-    fmt.check_columns(records.column_names, path)
-    if cfg.max_samples is not None:
-        records = records.select(range(min(cfg.max_samples, len(records))))
-    if len(records) == 0:
-        raise UserError(f"data.path: '{path}' holds no records")
+    records = _read_records(cfg, fmt, path)
 
     # A seeded permutation picks the validation records; the rest keep their file order (the sampler
     # shuffles them per epoch).
@@ -190,50 +179,11 @@ def prepare_data(
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     held_out = set(order[:n_val])
 
-    special = SpecialIds.of(tokenizer)
     stats = DataStats(records=len(records), train_records=len(records) - n_val, val_records=n_val)
-    train: list[TokenizedExample] = []
-    val: list[TokenizedExample] = []
-    references: list[tuple[str, list[str]]] = []
-    val_prompts: list[tuple[str, list[str]]] = []
-    labels: set[str] = set()
+    examples = _Examples(fmt, tokenizer, SpecialIds.of(tokenizer), cfg.max_seq_len, task, stats)
     for row, record in enumerate(records, start=1):
-        where = RowContext(path, row)
-        examples = fmt.render(record, where)
-        if row - 1 in held_out:
-            # One example per validation record (its first output); all outputs stay as references.
-            examples = examples[:1]
-            refs = fmt.references(record, where)
-            if refs is not None:
-                references.append(("".join(s.text for s in examples[0][:-1]), refs))  # all but the response
-            parts = split_example(examples[0]) if task == "causal_lm" else None
-            if parts is not None:
-                val_prompts.append((parts[0], refs if refs is not None else [parts[1]]))
-        label = fmt.label_of(record, where)
-        if label is not None:
-            labels.add(label)
-        if task == "classification":
-            examples = [[Segment(text_field(record, "text", where), trained=False)]]
-        for segments in examples:
-            example = tokenize_segments(
-                segments,
-                tokenizer,
-                special,
-                cfg.max_seq_len,
-                add_eos=fmt.adds_eos and task != "classification",
-            )
-            if task == "classification":
-                example.class_label = label  # a name until every class is known; an index below
-            stats.examples += 1
-            stats.truncated += example.truncated
-            if task != "classification" and all(label == IGNORE_INDEX for label in example.labels):
-                # Truncation cut every trained token (the prompt fills max_seq_len): drop the example.
-                # A classifier's target is the class, so its examples always train.
-                stats.untrained += 1
-                continue
-            stats.tokens += len(example.input_ids)
-            stats.trained_tokens += sum(label != IGNORE_INDEX for label in example.labels)
-            (val if row - 1 in held_out else train).append(example)
+        examples.add(record, RowContext(path, row), held_out=row - 1 in held_out)
+    train, val = examples.train, examples.val
     if stats.truncated:
         log.warning(
             "%d of %d examples were longer than data.max_seq_len=%d and were truncated (labels stay aligned)",
@@ -241,17 +191,7 @@ def prepare_data(
             stats.examples,
             cfg.max_seq_len,
         )
-    if task == "classification":
-        names = sorted(labels, key=lambda x: (0, int(x), "") if re.fullmatch(r"-?[0-9]+", x) else (1, 0, x))
-        if len(names) < 2:
-            raise UserError(
-                f"data.path: '{path}' has {len(names)} distinct label(s); a classifier needs 2 or more"
-            )
-        index = {name: i for i, name in enumerate(names)}
-        for example in [*train, *val]:
-            example.class_label = index[example.class_label]
-        labels = set(names)
-        stats.classes = len(names)
+    label_names = _index_classes(examples, path) if task == "classification" else sorted(examples.labels)
     if stats.untrained:
         _check_untrained(stats, cfg.max_seq_len, n_val, bool(train), bool(val), hold_out_all)
     rows = TokenizedDataset(train)
@@ -265,10 +205,112 @@ def prepare_data(
         TokenizedDataset(val) if val else None,
         stats,
         train_examples=train,
-        references=references,
-        label_names=names if task == "classification" else sorted(labels),
-        val_prompts=val_prompts,
+        references=examples.references,
+        label_names=label_names,
+        val_prompts=examples.val_prompts,
     )
+
+
+def _check_fast(tokenizer: PreTrainedTokenizerBase) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        # The label mask needs character offsets, which only the fast (Rust) tokenizers give.
+        raise UserError(
+            f"model.name: the tokenizer ({type(tokenizer).__name__}) is a slow Python tokenizer; llmft needs a "
+            f"fast one (tokenizer.json) - convert it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+            f".save_pretrained(DIR) and use that folder"
+        )
+
+
+def _read_records(cfg: DataSection, fmt: DataFormat, path: str):
+    """The records of ``path`` (at most ``data.max_samples``), with the columns ``fmt`` needs."""
+    records = load_records(path, cfg.split, cfg.subset, cfg.column_map)
+    fmt.check_columns(records.column_names, path)
+    if cfg.max_samples is not None:
+        records = records.select(range(min(cfg.max_samples, len(records))))
+    if len(records) == 0:
+        raise UserError(f"data.path: '{path}' holds no records")
+    return records
+
+
+@dataclass
+class _Examples:
+    """The tokenized examples of a run's records, added record by record, with what evaluation needs."""
+
+    fmt: DataFormat
+    tokenizer: PreTrainedTokenizerBase
+    special: SpecialIds
+    max_seq_len: int
+    task: str
+    stats: DataStats
+    train: list[TokenizedExample] = field(default_factory=list)
+    val: list[TokenizedExample] = field(default_factory=list)
+    references: list[tuple[str, list[str]]] = field(default_factory=list)
+    val_prompts: list[tuple[str, list[str]]] = field(default_factory=list)
+    labels: set[str] = field(default_factory=set)
+
+    def add(self, record, where: RowContext, held_out: bool) -> None:
+        """Render, tokenize and file one record (a validation record when ``held_out``)."""
+        examples = self.fmt.render(record, where)
+        if held_out:
+            # One example per validation record (its first output); all outputs stay as references.
+            examples = examples[:1]
+            refs = self.fmt.references(record, where)
+            if refs is not None:
+                self.references.append(
+                    ("".join(s.text for s in examples[0][:-1]), refs)
+                )  # all but the response
+            parts = split_example(examples[0]) if self.task == "causal_lm" else None
+            if parts is not None:
+                self.val_prompts.append((parts[0], refs if refs is not None else [parts[1]]))
+        label = self.fmt.label_of(record, where)
+        if label is not None:
+            self.labels.add(label)
+        if self.task == "classification":
+            examples = [[Segment(text_field(record, "text", where), trained=False)]]
+        for segments in examples:
+            example = self._tokenize(segments, label)
+            if example is not None:
+                (self.val if held_out else self.train).append(example)
+
+    def _tokenize(self, segments: list[Segment], label: str | None) -> TokenizedExample | None:
+        """The tokenized example, counted in the stats; None when truncation left it nothing to train."""
+        classification = self.task == "classification"
+        example = tokenize_segments(
+            segments,
+            self.tokenizer,
+            self.special,
+            self.max_seq_len,
+            add_eos=self.fmt.adds_eos and not classification,
+        )
+        if classification:
+            example.class_label = label  # a name until every class is known; an index in _index_classes
+        stats = self.stats
+        stats.examples += 1
+        stats.truncated += example.truncated
+        if not classification and all(target == IGNORE_INDEX for target in example.labels):
+            # Truncation cut every trained token (the prompt fills max_seq_len): drop the example.
+            # A classifier's target is the class, so its examples always train.
+            stats.untrained += 1
+            return None
+        stats.tokens += len(example.input_ids)
+        stats.trained_tokens += sum(target != IGNORE_INDEX for target in example.labels)
+        return example
+
+
+def _index_classes(examples: _Examples, path: str) -> list[str]:
+    """The class names, sorted (numerically when all are integers); each example's label becomes the
+    index of its class."""
+    labels = examples.labels
+    names = sorted(labels, key=lambda x: (0, int(x), "") if re.fullmatch(r"-?[0-9]+", x) else (1, 0, x))
+    if len(names) < 2:
+        raise UserError(
+            f"data.path: '{path}' has {len(names)} distinct label(s); a classifier needs 2 or more"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    for example in [*examples.train, *examples.val]:
+        example.class_label = index[example.class_label]
+    examples.stats.classes = len(names)
+    return names
 
 
 def train_loader(

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 
 from llmft.config import Config
-from llmft.data.pipeline import TokenizedDataset, prepare_data
+from llmft.data.pipeline import DataBundle, TokenizedDataset, prepare_data
 from llmft.data.tokenize import IGNORE_INDEX, TokenizedExample
 
 # Trained spans are shown between these marks (or in colour on a terminal).
@@ -57,7 +57,19 @@ def mark_trained(example: TokenizedExample, tokenizer, color: bool = False) -> s
 
 def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
     """The preview text of ``cfg``'s data (see the module docstring)."""
-    from llmft.data.batching import ResumableSampler
+    tokenizer = _tokenizer(cfg)
+    bundle = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.task)
+    lines = [f"data: {bundle.source} (format {bundle.format.name}: {bundle.format.description})", ""]
+    lines += _example_lines(bundle, tokenizer, count, color)
+    rows = _statistics(cfg, bundle)
+    width = max(len(name) for name, _ in rows)
+    lines.append("statistics:")
+    lines.extend(f"  {name:<{width}}  {value}" for name, value in rows)
+    return "\n".join(lines)
+
+
+def _tokenizer(cfg: Config):
+    """The run's tokenizer, after checking ``data.max_seq_len`` against the model's config when it loads."""
     from llmft.models.loader import check_max_seq_len, load_tokenizer, resolve_model
 
     source = resolve_model(cfg.model)
@@ -69,9 +81,12 @@ def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
             source.ref, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
         )
         check_max_seq_len(config, cfg.data.max_seq_len)
-    bundle = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.task)
-    stats = bundle.stats
-    lines = [f"data: {bundle.source} (format {bundle.format.name}: {bundle.format.description})", ""]
+    return tokenizer
+
+
+def _example_lines(bundle: DataBundle, tokenizer, count: int, color: bool) -> list[str]:
+    """The first ``count`` training examples, each with a header line and its trained tokens marked."""
+    lines = []
     marks = "in green" if color else f"between {OPEN} {CLOSE}"
     for i, example in enumerate(bundle.train_examples[:count], start=1):
         trained = sum(label != IGNORE_INDEX for label in example.labels)
@@ -85,7 +100,14 @@ def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
             )
         lines.append(mark_trained(example, tokenizer, color))
         lines.append("")
+    return lines
 
+
+def _statistics(cfg: Config, bundle: DataBundle) -> list[tuple[str, str]]:
+    """(name, value) rows: records, examples, tokens, truncation, drops, trained share, packing, padding."""
+    from llmft.data.batching import ResumableSampler
+
+    stats = bundle.stats
     sampler = ResumableSampler(
         bundle.train.lengths(),
         seed=cfg.train.seed,
@@ -136,7 +158,4 @@ def preview(cfg: Config, count: int = 3, color: bool = False) -> str:
             f"micro-batch {cfg.train.micro_batch_size}, one epoch)",
         )
     )
-    width = max(len(name) for name, _ in rows)
-    lines.append("statistics:")
-    lines.extend(f"  {name:<{width}}  {value}" for name, value in rows)
-    return "\n".join(lines)
+    return rows

@@ -102,43 +102,13 @@ def load_sharded(
     # fills only one of them (the other failed with "mixed torch.Tensor and DTensor"). It is taken out
     # for the load and put back (the shared module gets its weights under its own name).
     alias = model._modules.pop("word_embeddings", None)
-    reference, full = None, {}
+    reference = None
     if env.is_main:
         reference = prepare(load_causal_lm(source, model_cfg, torch.device("cpu"), classifier))
         reference._modules.pop("word_embeddings", None)
-        full = reference.state_dict()
-    # Rank 0 alone can compare names; all ranks raise together rather than hang in the broadcast.
-    shared = (
-        [_key_problem(model, reference), getattr(hf_model(reference), "generation_config", None)]
-        if reference
-        else [None, None]
-    )
-    dist.broadcast_object_list(shared, src=0)
-    problem, generation_config = shared
-    if problem:
-        raise RuntimeError(f"loading {source.ref} into the sharded model: {problem}")
-    if generation_config is not None:  # causal LMs have one; classifiers do not
-        hf_model(model).generation_config = generation_config
-
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(
-        model,
-        full,
-        options=StateDictOptions(
-            full_state_dict=True, broadcast_from_rank0=True, strict=True, cpu_offload=fsdp_cfg.cpu_offload
-        ),
-    )
-    # Buffers that are not in a state dict (rotary inv_freq is non-persistent) were only allocated by
-    # to_empty: rank 0 sends its computed values. Written by hand: no torch.distributed helper covers
-    # non-persistent buffers. FSDP does not shard buffers, so each is a whole tensor on every rank.
-    reference_buffers = dict(reference.named_buffers()) if reference is not None else {}
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if env.is_main:
-                buffer.copy_(reference_buffers[name])
-            dist.broadcast(buffer, src=0)
-    del reference, full, reference_buffers
+    _check_names(model, reference, source)
+    _receive_weights(model, reference, fsdp_cfg, env)
+    del reference
     if alias is not None:
         model._modules["word_embeddings"] = alias
 
@@ -154,6 +124,50 @@ def load_sharded(
         ", ".join(f"rank {rank} {mib:,} MiB" for rank, mib in enumerate(peaks)),
     )
     return model
+
+
+def _check_names(model: nn.Module, reference: nn.Module | None, source: ModelSource) -> None:
+    """Raise on every rank when rank 0's full model (``reference``, None elsewhere) and the sharded one
+    differ in weight or buffer names; give the sharded model rank 0's generation config.
+
+    Rank 0 alone can compare names; all ranks raise together rather than hang in the broadcast.
+    """
+    shared = (
+        [_key_problem(model, reference), getattr(hf_model(reference), "generation_config", None)]
+        if reference
+        else [None, None]
+    )
+    dist.broadcast_object_list(shared, src=0)
+    problem, generation_config = shared
+    if problem:
+        raise RuntimeError(f"loading {source.ref} into the sharded model: {problem}")
+    if generation_config is not None:  # causal LMs have one; classifiers do not
+        hf_model(model).generation_config = generation_config
+
+
+def _receive_weights(
+    model: nn.Module, reference: nn.Module | None, fsdp_cfg: FsdpSection, env: DistEnv
+) -> None:
+    """Fill the sharded model's weights and buffers from rank 0's full model (``reference``, None on
+    the other ranks)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(
+        model,
+        reference.state_dict() if reference is not None else {},
+        options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=True, strict=True, cpu_offload=fsdp_cfg.cpu_offload
+        ),
+    )
+    # Buffers that are not in a state dict (rotary inv_freq is non-persistent) were only allocated by
+    # to_empty: rank 0 sends its computed values. Written by hand: no torch.distributed helper covers
+    # non-persistent buffers. FSDP does not shard buffers, so each is a whole tensor on every rank.
+    reference_buffers = dict(reference.named_buffers()) if reference is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if env.is_main:
+                buffer.copy_(reference_buffers[name])
+            dist.broadcast(buffer, src=0)
 
 
 def _load_sharded_nf4(
