@@ -322,3 +322,38 @@ def test_a_repeated_flag_adds_up_for_a_list_and_the_last_wins_otherwise():
     assert build_config({}, parse_overrides(lora)).peft.lora.target_modules == ["q_proj", "v_proj", "k_proj"]
     overrides = parse_overrides(["--train.lr", "1e-4", "--train.seed", "3", "--train.lr=2e-4"])
     assert build_config({}, overrides).train.lr == pytest.approx(2e-4)  # argparse's rule: the last wins
+
+
+# ---- data.format names: checked at load, without importing llmft.data ------------------------------
+
+
+def test_format_names_are_the_registered_formats():
+    from llmft.data.formats import known_formats
+    from llmft.format_names import BUILTIN_FORMATS
+
+    assert sorted(BUILTIN_FORMATS) == known_formats()
+
+
+def test_config_checks_format_names_without_importing_data():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from llmft.config import build_config\n"
+        "from llmft.errors import ConfigError\n"
+        "try:\n"
+        "    build_config({}, {'data.format': 'alpacca'})\n"
+        "except ConfigError as exc:\n"
+        "    print(exc.problems[0])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('llmft.data')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    problem, data_modules = result.stdout.splitlines()
+    assert problem == (
+        "data.format: unknown format 'alpacca' - did you mean 'alpaca'? (known: alpaca, chat, "
+        "classification, grammar, quotes, text; or your own as module:function)"
+    )
+    assert data_modules == "[]"

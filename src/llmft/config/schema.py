@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from llmft.data.formats import format_problem
+from llmft.format_names import format_problem
 
 
 def _not_a_bool(value: Any) -> Any:
