@@ -1,10 +1,12 @@
-"""The one typed configuration of a run: the schema (:mod:`.schema`) and its loading (:mod:`.loader`).
+"""The one typed configuration of a run: the schema (:mod:`.schema`, the root, with the sections in
+:mod:`.inputs`, :mod:`.tuning` and :mod:`.run`) and its loading (:mod:`.loader`).
 
 A run is a YAML file (optional) plus dotted command-line overrides such as ``--train.lr 2e-4``, merged
 into one nested dict and validated at once; every problem is reported together, each naming the field,
 the value and the fix (``unknown key 'peft.lora.rank' - did you mean 'peft.lora.r'?``).
 """
 
+from llmft.config.inputs import DataSection, ModelSection
 from llmft.config.loader import (
     BARE_FLAG,
     build_config,
@@ -14,24 +16,18 @@ from llmft.config.loader import (
     schema_paths,
     suggest_key,
 )
-from llmft.config.schema import (
-    LLAMA_LINEAR_MODULES,
+from llmft.config.run import (
     CheckpointSection,
-    Config,
-    DataSection,
     DistributedSection,
     EvalSection,
-    FreezeSection,
     FsdpSection,
     GenerationSection,
-    HeadSection,
     LoggingSection,
-    LoraSection,
-    ModelSection,
-    PeftSection,
     TrainSection,
     batch_problem,
 )
+from llmft.config.schema import Config
+from llmft.config.tuning import LLAMA_LINEAR_MODULES, FreezeSection, HeadSection, LoraSection, PeftSection
 
 __all__ = [
     "BARE_FLAG",
