@@ -357,3 +357,83 @@ def test_config_checks_format_names_without_importing_data():
         "classification, grammar, quotes, text; or your own as module:function)"
     )
     assert data_modules == "[]"
+
+
+# ---- rules across fields: every problem at once; dependent defaults filled by one resolve step -----
+
+
+def test_independent_cross_field_problems_are_reported_together():
+    problems = problems_of(
+        overrides={
+            "peft.method": "prefix",
+            "data.batching": "packing",  # virtual tokens and packing
+            "model.quant_type": "fp4",  # a 4-bit setting without a 4-bit base
+            "freeze.train_norms": True,  # a freeze setting without its strategy
+        }
+    )
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("freeze.train_norms / train_embeddings apply to strategies bottom")
+    assert problems[1].startswith("model.quant_type apply to model.quantization 4bit (now none)")
+    assert problems[2].startswith("peft.method prefix puts its virtual tokens before every row")
+
+
+def test_every_problem_of_one_rule_is_reported():
+    # torchao's NF4 (the FSDP 4-bit base) refuses fp4, double_quant false and DoRA: all three at once.
+    settings = {"model.quant_type": "fp4", "model.double_quant": False, "peft.lora.use_dora": True}
+    problems = problems_of(overrides={"peft.method": "qlora", "distributed.strategy": "fsdp", **settings})
+    assert [p.split(" with torchao")[0].split(" on torchao")[0] for p in problems] == [
+        "model.quant_type fp4",
+        "model.double_quant false",
+        "peft.lora.use_dora",
+    ]
+
+
+def test_cli_reports_several_cross_field_problems_on_one_line(tmp_path, capsys):
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text("peft:\n  method: none\nmodel:\n  dtype: bfloat16\ntask: classification\n")
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("llmft: error: 2 config errors in ")
+    assert "(1) model.dtype bfloat16 with peft.method none" in err
+    assert "(2) task classification reads text and label records" in err
+
+
+def test_a_wrong_field_does_not_hide_another_sections_rule():
+    problems = problems_of(overrides={"train.lr": "fast", "peft.method": "none", "freeze.strategy": "bottom"})
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("train.lr: Input should be a valid number")
+    assert problems[1].startswith("freeze.strategy bottom needs exactly one of freeze.num_frozen_layers")
+
+
+@pytest.mark.parametrize(
+    ("settings", "quantization", "backend"),
+    [
+        ({"peft.method": "qlora"}, "4bit", "bitsandbytes"),
+        ({"peft.method": "qlora", "distributed.strategy": "ddp"}, "4bit", "bitsandbytes"),
+        ({"peft.method": "qlora", "distributed.strategy": "fsdp"}, "4bit", "torchao"),
+        ({"model.quantization": "4bit", "distributed.strategy": "fsdp"}, "4bit", "torchao"),
+        # The user's own values are kept.
+        ({"peft.method": "qlora", "model.quantization": "8bit"}, "8bit", "auto"),
+        ({"peft.method": "qlora", "model.quant_backend": "torchao"}, "4bit", "torchao"),
+        ({"peft.method": "lora"}, "none", "auto"),
+    ],
+)
+def test_resolve_fills_the_defaults_that_depend_on_other_fields(settings, quantization, backend):
+    config = build_config({}, settings)
+    assert (config.model.quantization, config.model.quant_backend) == (quantization, backend)
+    # Filled values are not the user's: model_fields_set still says what the config gave.
+    given = {key.split(".", 1)[1] for key in settings if key.startswith("model.")}
+    assert config.model.model_fields_set == given
+
+
+def test_resolve_is_one_step_that_leaves_its_input_alone():
+    from llmft.config import resolve_defaults
+
+    raw = Config.model_validate({"peft": {"method": "qlora"}, "distributed": {"strategy": "fsdp"}})
+    assert (raw.model.quantization, raw.model.quant_backend) == ("none", "auto")  # pydantic fills nothing
+    resolved = resolve_defaults(raw)
+    assert (resolved.model.quantization, resolved.model.quant_backend) == ("4bit", "torchao")
+    assert (raw.model.quantization, raw.model.quant_backend) == ("none", "auto")
+    assert resolve_defaults(resolved) == resolved
+    # The written run config names the backend, so a reload rebuilds the same 4-bit base.
+    assert build_config(yaml.safe_load(resolved.to_yaml())) == resolved

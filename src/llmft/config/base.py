@@ -1,7 +1,8 @@
 """What every config section shares: strict pydantic models and number types that refuse booleans.
 
 Unknown keys are errors (``extra="forbid"``); numbers accept numeric text (YAML reads ``1e-4`` as
-text) but never ``true``/``false``.
+text) but never ``true``/``false``. A section checks its fields one by one; checks that span fields are
+rules (:mod:`llmft.config.rules`), run on the whole config so that every problem is reported at once.
 """
 
 from __future__ import annotations

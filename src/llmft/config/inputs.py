@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from llmft.config.base import Float, Int, Section
 from llmft.format_names import format_problem
@@ -116,12 +116,3 @@ class DataSection(Section):
         elif value < 0:
             raise ValueError("must be 0 (no validation split), a count, or a fraction in (0, 1)")
         return value
-
-    @model_validator(mode="after")
-    def _check_batching(self) -> DataSection:
-        if self.group_by_length and self.batching == "packing":
-            raise ValueError(
-                "data.group_by_length applies to padding; packed rows all have max_seq_len tokens - "
-                "drop group_by_length or use --data.batching padding"
-            )
-        return self

@@ -5,26 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from llmft.config.base import Float, Int, Section
-
-
-def batch_problem(batch_size: int, micro_batch_size: int, world_size: int = 1) -> str | None:
-    """Why a global batch cannot be split into micro-batches over ``world_size`` processes, or None."""
-    per_step = micro_batch_size * world_size
-    if batch_size % per_step == 0:
-        return None
-    suggestion = max(1, round(batch_size / per_step)) * per_step
-    over = (
-        f" x world size ({micro_batch_size} x {world_size} = {per_step})"
-        if world_size > 1
-        else f" ({per_step})"
-    )
-    return (
-        f"train.batch_size ({batch_size}) must be a multiple of train.micro_batch_size{over}; "
-        f"e.g. --train.batch_size {suggestion}"
-    )
 
 
 class TrainSection(Section):
@@ -72,13 +55,6 @@ class TrainSection(Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
     progress: bool = Field(True, description="Draw a live progress bar.")
 
-    @model_validator(mode="after")
-    def _check_batch(self) -> TrainSection:
-        problem = batch_problem(self.batch_size, self.micro_batch_size)
-        if problem:
-            raise ValueError(problem)
-        return self
-
 
 class FsdpSection(Section):
     """FSDP2 options (``distributed.strategy: fsdp``); see docs/distributed.md."""
@@ -114,18 +90,6 @@ class DistributedSection(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     fsdp: FsdpSection = Field(default_factory=FsdpSection)
-
-    @model_validator(mode="after")
-    def _fsdp_options_need_fsdp(self) -> DistributedSection:
-        # Compared with the defaults, not with the fields set: a written run config lists them all.
-        changed = [name for name, value in self.fsdp if value != FsdpSection.model_fields[name].default]
-        if self.strategy != "fsdp" and changed:
-            fields = ", ".join(f"distributed.fsdp.{name}" for name in changed)
-            raise ValueError(
-                f"{fields} {'apply' if len(changed) > 1 else 'applies'} only to strategy fsdp (strategy is "
-                f"'{self.strategy}'); add --distributed.strategy fsdp or drop {'them' if len(changed) > 1 else 'it'}"
-            )
-        return self
 
 
 class CheckpointSection(Section):

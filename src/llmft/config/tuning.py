@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from llmft.config.base import Float, Int, Section, split_commas
 
@@ -157,39 +157,6 @@ class FreezeSection(Section):
                 raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
         return value
 
-    @model_validator(mode="after")
-    def _check_strategy(self) -> FreezeSection:
-        layers = (self.num_frozen_layers, self.num_trainable_layers)
-        if self.strategy == "bottom" and sum(n is not None for n in layers) != 1:
-            raise ValueError(
-                "freeze.strategy bottom needs exactly one of freeze.num_frozen_layers (e.g. 28) or "
-                "freeze.num_trainable_layers (e.g. 4)"
-            )
-        if self.strategy != "bottom" and any(n is not None for n in layers):
-            raise ValueError(
-                f"freeze.num_frozen_layers / num_trainable_layers apply to strategy bottom (strategy is "
-                f"'{self.strategy}'); add --freeze.strategy bottom"
-            )
-        if self.strategy == "patterns" and not (self.include or self.exclude):
-            raise ValueError(
-                "freeze.strategy patterns needs freeze.include or freeze.exclude regular expressions"
-            )
-        if self.strategy != "patterns" and (self.include or self.exclude):
-            raise ValueError(
-                "freeze.include / exclude apply to strategy patterns; add --freeze.strategy patterns"
-            )
-        if self.strategy not in ("bottom", "head_only") and (self.train_norms or self.train_embeddings):
-            raise ValueError(
-                f"freeze.train_norms / train_embeddings apply to strategies bottom and head_only (strategy is "
-                f"'{self.strategy}'); add --freeze.strategy bottom or head_only"
-                + (
-                    " (patterns: add the norms or embeddings to freeze.include)"
-                    if self.strategy == "patterns"
-                    else ""
-                )
-            )
-        return self
-
 
 class HeadSection(Section):
     """The classifier head of ``task: classification``, on the pooled last non-padding token."""
@@ -205,18 +172,3 @@ class HeadSection(Section):
     width: Int | None = Field(None, ge=1, description="mlp: hidden width; empty: the model's hidden size.")
     activation: Literal["gelu", "relu", "silu", "tanh"] = Field("gelu", description="mlp: between layers.")
     dropout: Float = Field(0.1, ge=0.0, lt=1.0, description="mlp: dropout before each linear layer.")
-
-    @model_validator(mode="after")
-    def _mlp_settings_need_mlp(self) -> HeadSection:
-        # Compared with the defaults, not model_fields_set: classifier.json records every field.
-        changed = [
-            name
-            for name in ("num_layers", "width", "activation", "dropout")
-            if getattr(self, name) != type(self).model_fields[name].default
-        ]
-        if self.type != "mlp" and changed:
-            raise ValueError(
-                f"head.{' / '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to head.type mlp (type "
-                f"is '{self.type}'); add --head.type mlp or leave {'them' if len(changed) > 1 else 'it'} out"
-            )
-        return self
