@@ -322,3 +322,118 @@ def test_a_repeated_flag_adds_up_for_a_list_and_the_last_wins_otherwise():
     assert build_config({}, parse_overrides(lora)).peft.lora.target_modules == ["q_proj", "v_proj", "k_proj"]
     overrides = parse_overrides(["--train.lr", "1e-4", "--train.seed", "3", "--train.lr=2e-4"])
     assert build_config({}, overrides).train.lr == pytest.approx(2e-4)  # argparse's rule: the last wins
+
+
+# ---- data.format names: checked at load, without importing llmft.data ------------------------------
+
+
+def test_format_names_are_the_registered_formats():
+    from llmft.data.formats import known_formats
+    from llmft.format_names import BUILTIN_FORMATS
+
+    assert sorted(BUILTIN_FORMATS) == known_formats()
+
+
+def test_config_checks_format_names_without_importing_data():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from llmft.config import build_config\n"
+        "from llmft.errors import ConfigError\n"
+        "try:\n"
+        "    build_config({}, {'data.format': 'alpacca'})\n"
+        "except ConfigError as exc:\n"
+        "    print(exc.problems[0])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('llmft.data')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    problem, data_modules = result.stdout.splitlines()
+    assert problem == (
+        "data.format: unknown format 'alpacca' - did you mean 'alpaca'? (known: alpaca, chat, "
+        "classification, grammar, quotes, text; or your own as module:function)"
+    )
+    assert data_modules == "[]"
+
+
+# ---- rules across fields: every problem at once; dependent defaults filled by one resolve step -----
+
+
+def test_independent_cross_field_problems_are_reported_together():
+    problems = problems_of(
+        overrides={
+            "peft.method": "prefix",
+            "data.batching": "packing",  # virtual tokens and packing
+            "model.quant_type": "fp4",  # a 4-bit setting without a 4-bit base
+            "freeze.train_norms": True,  # a freeze setting without its strategy
+        }
+    )
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("freeze.train_norms / train_embeddings apply to strategies bottom")
+    assert problems[1].startswith("model.quant_type apply to model.quantization 4bit (now none)")
+    assert problems[2].startswith("peft.method prefix puts its virtual tokens before every row")
+
+
+def test_every_problem_of_one_rule_is_reported():
+    # torchao's NF4 (the FSDP 4-bit base) refuses fp4, double_quant false and DoRA: all three at once.
+    settings = {"model.quant_type": "fp4", "model.double_quant": False, "peft.lora.use_dora": True}
+    problems = problems_of(overrides={"peft.method": "qlora", "distributed.strategy": "fsdp", **settings})
+    assert [p.split(" with torchao")[0].split(" on torchao")[0] for p in problems] == [
+        "model.quant_type fp4",
+        "model.double_quant false",
+        "peft.lora.use_dora",
+    ]
+
+
+def test_cli_reports_several_cross_field_problems_on_one_line(tmp_path, capsys):
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text("peft:\n  method: none\nmodel:\n  dtype: bfloat16\ntask: classification\n")
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("llmft: error: 2 config errors in ")
+    assert "(1) model.dtype bfloat16 with peft.method none" in err
+    assert "(2) task classification reads text and label records" in err
+
+
+def test_a_wrong_field_does_not_hide_another_sections_rule():
+    problems = problems_of(overrides={"train.lr": "fast", "peft.method": "none", "freeze.strategy": "bottom"})
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("train.lr: Input should be a valid number")
+    assert problems[1].startswith("freeze.strategy bottom needs exactly one of freeze.num_frozen_layers")
+
+
+@pytest.mark.parametrize(
+    ("settings", "quantization", "backend"),
+    [
+        ({"peft.method": "qlora"}, "4bit", "bitsandbytes"),
+        ({"peft.method": "qlora", "distributed.strategy": "ddp"}, "4bit", "bitsandbytes"),
+        ({"peft.method": "qlora", "distributed.strategy": "fsdp"}, "4bit", "torchao"),
+        ({"model.quantization": "4bit", "distributed.strategy": "fsdp"}, "4bit", "torchao"),
+        # The user's own values are kept.
+        ({"peft.method": "qlora", "model.quantization": "8bit"}, "8bit", "auto"),
+        ({"peft.method": "qlora", "model.quant_backend": "torchao"}, "4bit", "torchao"),
+        ({"peft.method": "lora"}, "none", "auto"),
+    ],
+)
+def test_resolve_fills_the_defaults_that_depend_on_other_fields(settings, quantization, backend):
+    config = build_config({}, settings)
+    assert (config.model.quantization, config.model.quant_backend) == (quantization, backend)
+    # Filled values are not the user's: model_fields_set still says what the config gave.
+    given = {key.split(".", 1)[1] for key in settings if key.startswith("model.")}
+    assert config.model.model_fields_set == given
+
+
+def test_resolve_is_one_step_that_leaves_its_input_alone():
+    from llmft.config import resolve_defaults
+
+    raw = Config.model_validate({"peft": {"method": "qlora"}, "distributed": {"strategy": "fsdp"}})
+    assert (raw.model.quantization, raw.model.quant_backend) == ("none", "auto")  # pydantic fills nothing
+    resolved = resolve_defaults(raw)
+    assert (resolved.model.quantization, resolved.model.quant_backend) == ("4bit", "torchao")
+    assert (raw.model.quantization, raw.model.quant_backend) == ("none", "auto")
+    assert resolve_defaults(resolved) == resolved
+    # The written run config names the backend, so a reload rebuilds the same 4-bit base.
+    assert build_config(yaml.safe_load(resolved.to_yaml())) == resolved

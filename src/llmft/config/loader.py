@@ -1,5 +1,10 @@
 """Loading a run's config: YAML file + dotted overrides -> :class:`Config`, every problem at once.
 
+:func:`build_config` merges the file and the overrides, lets pydantic check every field, fills the
+defaults that depend on other fields (:func:`~llmft.config.resolve.resolve_defaults`) and applies the
+rules across fields (:mod:`llmft.config.rules`); unknown keys, wrong values and impossible
+combinations all come back in one :class:`~llmft.errors.ConfigError`.
+
 Command-line values are read by the type of the field they set: text fields take the text as typed
 (``--generation.prompt 'Note: the'``, ``--output_dir 2024``, ``--data.path 'a #1.jsonl'``), other fields
 read it as YAML (``3`` -> 3, ``[q_proj,v_proj]`` -> a list). A flag with no value means ``true`` for a
@@ -18,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llmft.config.resolve import resolve_defaults
+from llmft.config.rules import SECTION_RULES, config_problems, section_problems
 from llmft.config.schema import Config
 from llmft.errors import ConfigError
 
@@ -172,9 +179,7 @@ def _format_errors(error: ValidationError) -> list[str]:
             continue  # a union reports one error per member; the first names the value
         msg = item["msg"].removeprefix("Value error, ")
         value = item.get("input")
-        if isinstance(value, dict) and item["type"] == "value_error":
-            problems[path] = msg  # a check across fields of a section names the fields itself
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             problems[path] = f"{path}: {msg} (got a mapping)"
         elif item["type"] == "dict_type" and isinstance(value, str):
             # e.g. --data.column_map instruction=prompt: show the YAML mapping the flag takes.
@@ -332,15 +337,38 @@ def _empty_sections_to_mappings(tree: dict[str, Any], model: type[BaseModel] = C
             _empty_sections_to_mappings(value, section)
 
 
+def _validate(tree: dict[str, Any]) -> tuple[Config | None, list[str]]:
+    """pydantic's check of every field: the config, or None and the problems.
+
+    Where some field is wrong there is no config to apply the rules to, but the sections whose fields
+    are all right still get their own rules, so a wrong ``train.lr`` does not hide a freeze problem.
+    """
+    try:
+        return Config.model_validate(tree), []
+    except ValidationError as exc:
+        problems = _format_errors(exc)
+        failed = {item["loc"][0] for item in exc.errors() if item["loc"]}
+        for name in SECTION_RULES:
+            if name not in failed:
+                section = Config.model_fields[name].annotation.model_validate(tree.get(name, {}))
+                problems.extend(section_problems(name, section))
+        return None, problems
+
+
 def build_config(
     data: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     source: str | None = None,
 ) -> Config:
-    """Merge a config dict and dotted overrides, validate, and return the typed config.
+    """Merge a config dict and dotted overrides, check, resolve, and return the typed config.
+
+    The steps: the overrides are read by field type and merged into the file's tree; pydantic checks
+    every field; the dependent defaults are filled (:func:`resolve_defaults`); the rules across fields
+    (:func:`config_problems`) run on the result.
 
     Raises:
-        ConfigError: listing every problem (unknown keys with suggestions, wrong types, bad values).
+        ConfigError: listing every problem (unknown keys with suggestions, wrong types, bad values,
+            combinations that cannot work).
     """
     tree: dict[str, Any] = copy.deepcopy(data or {})
     _empty_sections_to_mappings(tree)
@@ -351,11 +379,12 @@ def build_config(
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(_unknown_key_problem(path) for path in unknown_keys(tree))
-    try:
-        config = Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(problems + _format_errors(exc), source) from None
-    if problems:
+    config, field_problems = _validate(tree)
+    problems.extend(field_problems)
+    if config is not None:
+        config = resolve_defaults(config)
+        problems.extend(config_problems(config))
+    if problems or config is None:
         raise ConfigError(problems, source)
     return config
 

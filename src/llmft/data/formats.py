@@ -11,15 +11,14 @@ Built-in formats live here (quotes, text, classification, plug-ins), in :mod:`ll
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from llmft.errors import UserError
+from llmft.format_names import format_problem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -124,21 +123,6 @@ def _registry() -> dict[str, type[DataFormat]]:
 
 def known_formats() -> list[str]:
     return sorted(_registry())
-
-
-_PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def format_problem(name: str) -> str | None:
-    """A one-line problem for an unknown format name, or None if it is registered or names user code."""
-    if name in _registry() or _PLUGIN.match(name):
-        return None
-    close = difflib.get_close_matches(name, known_formats(), n=1)
-    hint = f" - did you mean '{close[0]}'?" if close else ""
-    return (
-        f"data.format: unknown format {name!r}{hint} (known: {', '.join(known_formats())}; "
-        f"or your own as module:function)"
-    )
 
 
 def format_class(name: str) -> type[DataFormat]:
