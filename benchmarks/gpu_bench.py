@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run (warm-up included)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the rates")
     parser.add_argument("--records", type=int, default=6000, help="alpaca-style records to write")
-    parser.add_argument("--runs", default="", help="comma list of run names to keep (default: all of the shapes)")
+    parser.add_argument(
+        "--runs", default="", help="comma list of run names to keep (default: all of the shapes)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llmft-gpu-bench"))
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
     args = parser.parse_args(argv)

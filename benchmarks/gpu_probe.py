@@ -97,22 +97,24 @@ def probe_attention(s: dict[str, int], device: torch.device) -> dict[str, Any]:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
             model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
 
-            def step() -> None:
+            def step(model=model) -> None:
                 out = model(input_ids=ids, position_ids=positions, use_cache=False)
                 out.logits.float().sum().backward()
 
             if impl == "flex_attention" and device.type == "cpu":
-                def step() -> None:  # noqa: F811 - FlexAttention has no backward on the CPU
+
+                def step(model=model) -> None:  # noqa: F811 - FlexAttention has no backward on the CPU
                     with torch.no_grad():
                         model(input_ids=ids, position_ids=positions, use_cache=False)
-
 
             r = bench(step, device) if impl != "eager" or device.type != "cuda" else {"ms": None}
             # Correctness: the first document of row 0 alone gives the same logits as inside the row.
             starts = (positions[0] == 0).nonzero().squeeze(1).tolist() + [s["seq"]]
             n, end = starts[1], starts[2]
             with torch.no_grad():
-                packed = model(input_ids=ids[:1, :end], position_ids=positions[:1, :end], use_cache=False).logits
+                packed = model(
+                    input_ids=ids[:1, :end], position_ids=positions[:1, :end], use_cache=False
+                ).logits
                 second = model(input_ids=ids[:1, n:end], use_cache=False).logits
             r["max_abs_diff_second_doc_vs_alone"] = float((packed[0, n:] - second[0]).abs().max())
             r["logit_scale"] = float(second.abs().max())
@@ -245,8 +247,10 @@ def probe_optimizers(s: dict[str, int], device: torch.device) -> dict[str, Any]:
     count = max(1, numel_target // (shape[0] * shape[1]))
     out: dict[str, Any] = {"params": count * shape[0] * shape[1]}
     makers: list[tuple[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]]] = [
-        ("adamw_fused" if device.type == "cuda" else "adamw",
-         lambda p: torch.optim.AdamW(p, lr=1e-4, fused=device.type == "cuda")),  # fmt: skip
+        (
+            "adamw_fused" if device.type == "cuda" else "adamw",
+            lambda p: torch.optim.AdamW(p, lr=1e-4, fused=device.type == "cuda"),
+        ),  # fmt: skip
     ]
     try:
         import bitsandbytes as bnb
