@@ -260,7 +260,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
     # training then stops before its first step (llmft.launch.stop).
     with stop_requests.listen():
         from llmft.finetune import finetune  # heavy imports (torch, transformers) only when training
-        from llmft.train.trainer import EXIT_PREEMPTED, Preempted
+        from llmft.launch.stop import EXIT_PREEMPTED, Preempted
 
         try:
             result = finetune(config, overwrite=args.overwrite, resume=args.resume)

@@ -65,7 +65,7 @@ from llmft.peft.methods import check_method, count_parameters
 from llmft.train.metrics import MetricsLogger, check_wandb, finite_or_none, plot_run
 from llmft.train.observe import peak_memory
 from llmft.train.optim import resolve_precision
-from llmft.train.trainer import Trainer, TrainSummary, accumulation_steps
+from llmft.train.trainer import CheckpointPolicy, Trainer, TrainSummary, accumulation_steps
 
 log = logging.getLogger("llmft")
 
@@ -201,7 +201,7 @@ def finetune(cfg: Config, overwrite: bool = False, resume: str | None = None) ->
 
     ``resume``: ``auto`` (the latest checkpoint in the run folder, if any) or a checkpoint or run folder.
     SIGTERM and SIGUSR1 are recorded from here on (a scheduler's warning that comes while the model is
-    still loading): training then stops before its first step (:class:`~llmft.train.trainer.Preempted`).
+    still loading): training then stops before its first step (:class:`~llmft.launch.stop.Preempted`).
     """
     output_dir = cfg.resolved_output_dir()
     plan, overwrite = _plan_resume(resume, output_dir, overwrite, _inputs(cfg))
@@ -273,6 +273,17 @@ def _finetune(
         ]
     )
 
+    resolved_yaml = resolved.to_yaml()
+    checkpoint = cfg.checkpoint
+    extra = {CLASSIFIER_FILE: json.dumps(classifier.to_json(), indent=2) + "\n"} if classifier else {}
+
+    def save_state(trainer: Trainer, reason: str, summary: TrainSummary) -> Path:
+        path = save_checkpoint(trainer, output_dir, resolved_yaml, summary, checkpoint.keep, reason, extra)
+        log.info("step %d: checkpoint %s (%s)", trainer.step, path, reason)
+        return path
+
+    # Task metrics of generated answers at each evaluation (alpaca, grammar, chat; see llmft.evaluation).
+    eval_hook = generation_eval_hook(model, tokenizer, data, cfg.eval, env, compute_dtype, cfg.task)
     # The trainer checks the batch layout and that something trains, still before any file is written.
     trainer = Trainer(
         model,
@@ -284,6 +295,8 @@ def _finetune(
         None,
         compute_dtype,
         group_by_length=cfg.data.group_by_length,
+        eval_hooks=[eval_hook] if eval_hook is not None else [],
+        checkpoint=CheckpointPolicy(save_state, checkpoint.every_steps, checkpoint.at_epoch_end),
     )
     log.info(
         "training: %d steps (%d per epoch), global batch %d = %d micro x %d accumulation x %d process(es), "
@@ -297,10 +310,6 @@ def _finetune(
         precision,
         env.device,
     )
-    # Task metrics of generated answers at each evaluation (alpaca, grammar, chat; see llmft.evaluation).
-    eval_hook = generation_eval_hook(model, tokenizer, data, cfg.eval, env, compute_dtype, cfg.task)
-    if eval_hook is not None:
-        trainer.eval_hooks.append(eval_hook)
     # The planner's estimate of this very run (compared with the measured peak at the end).
     planned, trainer.observer = memory_run.start(cfg, skeleton.config, env, compute_dtype)
     done = None
@@ -316,21 +325,6 @@ def _finetune(
                     ", ".join(p.name for p in dropped),
                     trainer.step,
                 )
-    resolved_yaml = resolved.to_yaml()
-    checkpoint = cfg.checkpoint
-    trainer.checkpoint_every, trainer.checkpoint_at_epoch_end = (
-        checkpoint.every_steps,
-        checkpoint.at_epoch_end,
-    )
-
-    def save_state(reason: str, summary: TrainSummary) -> Path:
-        path = save_checkpoint(trainer, output_dir, resolved_yaml, summary, checkpoint.keep, reason, extra)
-        log.info("step %d: checkpoint %s (%s)", trainer.step, path, reason)
-        return path
-
-    trainer.checkpoint_hook = save_state
-    extra = {CLASSIFIER_FILE: json.dumps(classifier.to_json(), indent=2) + "\n"} if classifier else {}
-
     metrics = None
     if env.is_main:
         if plan is None or not plan.in_place:

@@ -27,7 +27,8 @@ from helpers import run_cli
 from llmft.checkpoint.state import latest_checkpoint
 from llmft.config import build_config
 from llmft.finetune import finetune
-from llmft.train.trainer import EXIT_PREEMPTED, Preempted, Trainer
+from llmft.launch.stop import EXIT_PREEMPTED, Preempted
+from llmft.train.trainer import Trainer
 
 COMMON = {
     "train.max_steps": 6,

@@ -228,7 +228,7 @@ def run_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from llmft.inference.loading import is_classifier_run, load_run_model, run_config
     from llmft.inference.predict import load_classifier
     from llmft.models.heads import ClassifierSpec
-    from llmft.train.trainer import evaluate_split
+    from llmft.train.evaluate import evaluate_split
 
     _positive(args.max_generations, "--max-generations")
     _positive(args.max_new_tokens, "--max-new-tokens")
