@@ -27,12 +27,13 @@ STATE_DIR = "state"
 GROUPS_FILE = "optimizer_groups.json"
 RNG_DIR = "rng"
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+STEP_PREFIX = "step-"  # checkpoints/step-000012
+_STEP_DIR = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 _OLD_PREFIX = ".old-"
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
+    return f"{STEP_PREFIX}{step:06d}"
 
 
 # -------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from llmft.errors import EXIT_USER_ERROR, UserError
+from llmft.errors import UserError
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -308,11 +308,7 @@ def _batching(name: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fsdp_finetuning.py``: translate, then run ``llmft finetune``."""
-    from llmft.cli import main as llmft_main
+    from llmft import cli
 
-    try:
-        translated = translate(sys.argv[1:] if argv is None else argv)
-    except UserError as exc:
-        print(f"llmft: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return llmft_main(["finetune", *translated])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.main(argv, translate=lambda tokens: ["finetune", *translate(tokens)])
