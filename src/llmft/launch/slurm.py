@@ -18,6 +18,7 @@ TEMPLATE = "llmft.sbatch"
 SETTINGS_BEGIN = "# >>> settings"
 SETTINGS_END = "# <<< settings"
 
+
 @dataclass
 class SlurmJob:
     """What the generated script asks Slurm for and what it runs.
