@@ -27,7 +27,8 @@ from helpers import run_cli
 from llmft.checkpoint.state import latest_checkpoint
 from llmft.config import build_config
 from llmft.finetune import finetune
-from llmft.train.trainer import EXIT_PREEMPTED, Preempted, Trainer
+from llmft.launch.stop import EXIT_PREEMPTED, Preempted
+from llmft.train.trainer import Trainer
 
 COMMON = {
     "train.max_steps": 6,
@@ -549,8 +550,8 @@ def test_export_dtype_writes_the_weights_in_that_dtype(tmp_path, straight_lora, 
 def test_export_merge_of_a_4bit_lora_run_loads_in_plain_transformers(tmp_path):
     """QLoRA (bitsandbytes nf4 base): the merged model is the dequantized base plus the adapter; its
     logits match the adapter on the quantized base within 1e-3 (the export reports the difference)."""
+    from llmft.checkpoint.loading import load_run_model
     from llmft.config import Config
-    from llmft.inference.loading import load_run_model
 
     run = tmp_path / "qlora"
     _run(run, {**COMMON, **LORA, "peft.method": "qlora", "train.max_steps": 2, "train.eval_every": 0,

@@ -8,8 +8,8 @@ import torch
 from llmft.config import DataSection
 from llmft.data.batching import Collator
 from llmft.data.pipeline import prepare_data
+from llmft.train.evaluate import model_inputs
 from llmft.train.loss import token_loss_sum
-from llmft.train.trainer import Trainer
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -27,7 +27,7 @@ def test_packed_documents_match_documents_alone(tiny_model_dir, tiny_tokenizer, 
     collate = Collator(tiny_tokenizer.pad_token_id, pad_to=cfg.max_seq_len)
     batch = collate([bundle.train[i] for i in range(len(rows))])
     with torch.no_grad():
-        packed_BTV = model(**Trainer.model_inputs(batch), use_cache=False).logits
+        packed_BTV = model(**model_inputs(batch), use_cache=False).logits
         packed_loss = token_loss_sum(packed_BTV, batch["labels"])
 
     alone_loss = torch.zeros(())

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from llmft.checkpoint.outputs import RUN_MARKER
-from llmft.checkpoint.resume import check_resume_config, config_changes
+from llmft.checkpoint.resume import check_resume_config, config_changes, plan_resume
 from llmft.checkpoint.state import (
     CheckpointInfo,
     check_safetensors,
@@ -28,7 +28,6 @@ from llmft.data.pipeline import TokenizedDataset
 from llmft.data.tokenize import TokenizedExample
 from llmft.distributed.env import DistEnv
 from llmft.errors import UserError
-from llmft.finetune import _plan_resume
 from llmft.models.loader import load_causal_lm, resolve_model
 from llmft.peft.methods import apply_method
 from llmft.train.trainer import Trainer, TrainSummary
@@ -207,16 +206,16 @@ def test_resume_auto_restarts_an_interrupted_run_but_never_clears_a_finished_one
     run.mkdir()
     (run / RUN_MARKER).write_text("{}")
     (run / "train.log").write_text("killed before the first checkpoint")
-    assert _plan_resume("auto", run, False, {}) == (None, True)  # started again, folder cleared
+    assert plan_resume("auto", run, False, {}) == (None, True)  # started again, folder cleared
     (run / "summary.json").write_text("{}")  # a finished run
     with pytest.raises(UserError, match="pass --overwrite"):
-        _plan_resume("auto", run, False, {})
+        plan_resume("auto", run, False, {})
     with pytest.raises(UserError, match="pass only one of them"):
-        _plan_resume("auto", run, True, {})
+        plan_resume("auto", run, True, {})
     checkpoint = _checkpoint(run, 3)
-    plan, clear = _plan_resume("auto", run, False, {})
+    plan, clear = plan_resume("auto", run, False, {})
     assert plan.checkpoint == checkpoint and plan.in_place and not clear
-    assert _plan_resume(None, tmp_path / "new", False, {}) == (None, False)
+    assert plan_resume(None, tmp_path / "new", False, {}) == (None, False)
 
 
 def test_a_data_position_the_new_layout_cannot_continue_is_refused_before_loading():

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from helpers import run_cli
-from llmft.launch.slurm import SlurmJob, job_from_args, render, seed_argv, template_text
+from llmft.commands.slurm import job_from_args
+from llmft.launch.slurm import SlurmJob, render, seed_argv, template_text
 
 REPO = Path(__file__).resolve().parents[2]
 

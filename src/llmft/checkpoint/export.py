@@ -1,76 +1,21 @@
-"""``llmft export RUN_OR_CHECKPOINT --out DIR [--merge]``: folders that plain transformers/peft load.
-
-From a step checkpoint (sharded by any number of ranks: DCP reshards it into one process) or from a
-finished run folder, it writes either the PEFT adapter (``PeftModel.from_pretrained``) or, for full
-fine-tuning or with ``--merge``, a whole HF model (``AutoModelForCausalLM.from_pretrained``), with the
-tokenizer and generation config.
+"""Export: the model of a step checkpoint (sharded by any number of ranks: DCP reshards it into one
+process) or of a finished run folder, merged or not, written as a folder that plain transformers/peft
+load: the PEFT adapter (``PeftModel.from_pretrained``) or, for full fine-tuning or a merge, a whole HF
+model (``AutoModelForCausalLM.from_pretrained``), with the tokenizer and generation config.
+``llmft export`` (:mod:`llmft.commands.export`) chooses the source and prints what was written.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 from pathlib import Path
 
+from llmft.checkpoint.outputs import ADAPTER_CONFIG, EXPORT_MARKER, RUN_RECORDS
 from llmft.errors import UserError
 
 log = logging.getLogger("llmft")
-
-# A hidden file in every folder that export writes: --overwrite replaces only such a folder.
-EXPORT_MARKER = ".llmft-export"
-# What a finished run folder holds besides the model: never copied into an export.
-_RUN_ONLY = {"checkpoints", "tensorboard", "metrics.jsonl", "train.log", "summary.json", ".llmft-run"}
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "export",
-        help="Write an HF model or PEFT adapter folder from a run or checkpoint.",
-        description="Write an HF model folder (or a PEFT adapter folder) that plain transformers/peft load, "
-        "from a finished run folder or a step checkpoint (sharded or not): "
-        "llmft export RUN_OR_CHECKPOINT --out DIR [--merge]",
-    )
-    parser.add_argument(
-        "source", metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoints/step-N folder"
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
-    parser.add_argument(
-        "--merge", action="store_true", help="fold the adapter into the base weights (LoRA, DoRA, IA3)"
-    )
-    parser.add_argument(
-        "--checkpoint",
-        action="store_true",
-        help="with a run folder: export its latest checkpoint, not its final artifacts",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
-    parser.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="the dtype of a merged or full model's weights (default: as trained)",
-    )
-    return parser
-
-
-def _check_out(out: Path, source: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"export --out: '{out}' is a file; choose a folder")
-    real = out.resolve()
-    if real == source.resolve() or real in source.resolve().parents or source.resolve() in real.parents:
-        raise UserError(f"export --out: '{out}' overlaps the source '{source}'; choose a folder outside it")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / EXPORT_MARKER).is_file():
-            raise UserError(
-                f"export --out: '{out}' is not empty and was not written by llmft export; choose another folder"
-            )
-        if not overwrite:
-            raise UserError(f"export --out: '{out}' holds an earlier export; pass --overwrite to replace it")
-
-
-def _has_final_model(run_dir: Path) -> bool:
-    return (run_dir / "adapter_config.json").is_file() or (run_dir / "config.json").is_file()
 
 
 def _classifier(path: Path, run_dir: Path | None, cfg):
@@ -133,7 +78,26 @@ def model_from_checkpoint(checkpoint: Path):
     return model, tokenizer, cfg, classifier
 
 
-def _merge(model, dtype: str | None):
+def model_from_run(run_dir: Path, adapter: bool):
+    """The finished run's model as plain users load it: its base with the saved adapter through PEFT,
+    or its own weights (the loaders of ``llmft generate`` / ``llmft predict``). ``adapter``: the run
+    must have one (to merge it)."""
+    import torch
+
+    from llmft.checkpoint.loading import load_classifier, load_run_model, run_config
+    from llmft.models.heads import ClassifierSpec
+
+    cfg = run_config(run_dir, flag="export")
+    if adapter and not (run_dir / ADAPTER_CONFIG).is_file():
+        raise UserError("export --merge: this run trained the model's own weights (no adapter); drop --merge")
+    if cfg.task == "classification":
+        model, tokenizer = load_classifier(run_dir, torch.device("cpu"))
+        return model, tokenizer, cfg, ClassifierSpec.read(run_dir)
+    model, tokenizer = load_run_model(run_dir, cfg, torch.device("cpu"))
+    return model, tokenizer, cfg, None
+
+
+def merge(model, dtype: str | None):
     from peft import PeftModel
 
     if not isinstance(model, PeftModel):
@@ -148,12 +112,12 @@ def _merge(model, dtype: str | None):
     return merged
 
 
-def _write(model, tokenizer, out: Path, classifier) -> list[str]:
+def write_export(model, tokenizer, out: Path, classifier) -> list[str]:
     from llmft.checkpoint.outputs import save_artifacts
     from llmft.models.heads import CLASSIFIER_FILE
 
     out.mkdir(parents=True, exist_ok=True)
-    for child in out.iterdir():  # an earlier export (checked by _check_out)
+    for child in out.iterdir():  # an earlier export (checked by the command)
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     (out / EXPORT_MARKER).write_text("llmft export\n", encoding="utf-8")
     written = [p.name for p in save_artifacts(model, tokenizer, out)]
@@ -165,94 +129,15 @@ def _write(model, tokenizer, out: Path, classifier) -> list[str]:
     return written
 
 
-def _method(checkpoint: Path | None, run_dir: Path) -> str:
-    """The PEFT method of a checkpoint or finished run, read from its resolved config (no model loaded)."""
-    if checkpoint is not None:
-        from llmft.checkpoint.state import verify_checkpoint
-        from llmft.config import Config
-
-        return Config.model_validate(verify_checkpoint(checkpoint).config).peft.method
-    from llmft.inference.loading import run_config
-
-    return run_config(run_dir, flag="export").peft.method
-
-
-def run(args: argparse.Namespace) -> int:
-    from llmft.checkpoint.state import is_complete, latest_checkpoint, resolve_resume
-
-    source = Path(args.source).expanduser()
-    out = Path(args.out).expanduser()
-    if not source.is_dir():
-        raise UserError(f"export: '{source}' not found; pass a run folder or a checkpoints/step-N folder")
-    _check_out(out, source, args.overwrite)
-    if is_complete(source) or (source / "trainer_state.json").exists() or source.name.startswith("step-"):
-        checkpoint = resolve_resume(str(source), source.parent.parent)
-    elif args.checkpoint or not _has_final_model(source):
-        checkpoint = latest_checkpoint(source)
-        if checkpoint is None:
-            raise UserError(
-                f"export: '{source}' has neither a final model (adapter_config.json / config.json) nor a "
-                f"complete checkpoint; pass a finished run or a checkpoints/step-N folder"
-            )
-    else:
-        checkpoint = None
-
-    if args.dtype and not args.merge and _method(checkpoint, source) != "none":  # before any loading
-        raise UserError(
-            f"export --dtype {args.dtype}: an adapter keeps its trained dtype; add --merge to write a whole "
-            f"model in {args.dtype}"
-        )
-    if checkpoint is not None:
-        log.info("exporting checkpoint %s", checkpoint)
-        model, tokenizer, cfg, classifier = model_from_checkpoint(checkpoint)
-    elif args.merge or args.dtype:
-        model, tokenizer, cfg, classifier = _model_from_run(source, adapter=args.merge)
-    else:  # the run's final artifacts already are the export: copy them
-        return _copy_run(source, out)
-    full = cfg.peft.method == "none"
-    if args.merge:
-        model = _merge(model, args.dtype)
-    elif args.dtype:
-        import torch
-
-        model = model.to(getattr(torch, args.dtype))
-    written = _write(model, tokenizer, out, classifier)
-    kind = "merged model" if args.merge else "model" if full else "PEFT adapter"
-    dtype = f" ({args.dtype})" if args.dtype else ""
-    print(f"Wrote {kind}{dtype} to {out}/: {', '.join(sorted(written))}")
-    return 0
-
-
-def _model_from_run(run_dir: Path, adapter: bool):
-    """The finished run's model as plain users load it: its base with the saved adapter through PEFT,
-    or its own weights (the loaders of ``llmft generate`` / ``llmft predict``). ``adapter``: the run
-    must have one (to merge it)."""
-    import torch
-
-    from llmft.inference.loading import load_run_model, run_config
-    from llmft.inference.predict import load_classifier
-    from llmft.models.heads import ClassifierSpec
-
-    cfg = run_config(run_dir, flag="export")
-    if adapter and not (run_dir / "adapter_config.json").is_file():
-        raise UserError("export --merge: this run trained the model's own weights (no adapter); drop --merge")
-    if cfg.task == "classification":
-        model, tokenizer = load_classifier(run_dir, torch.device("cpu"))
-        return model, tokenizer, cfg, ClassifierSpec.read(run_dir)
-    model, tokenizer = load_run_model(run_dir, cfg, torch.device("cpu"))
-    return model, tokenizer, cfg, None
-
-
-def _copy_run(run_dir: Path, out: Path) -> int:
+def copy_run(run_dir: Path, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for child in out.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     copied = []
     for item in sorted(run_dir.iterdir()):
-        if item.name in _RUN_ONLY or item.suffix == ".png" or item.name.startswith("."):
+        if item.name in RUN_RECORDS or item.suffix == ".png" or item.name.startswith("."):
             continue
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
         copied.append(item.name)
     (out / EXPORT_MARKER).write_text("llmft export\n", encoding="utf-8")
-    print(f"Wrote {out}/: {', '.join(copied)}")
-    return 0
+    return copied

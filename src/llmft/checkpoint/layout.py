@@ -15,24 +15,25 @@ import re
 import shutil
 from pathlib import Path
 
+# A step checkpoint holds the run's config file too (CONFIG_FILE; state.py and verify.py take it from here).
+from llmft.checkpoint.outputs import CHECKPOINTS_DIR, CONFIG_FILE  # noqa: F401
 from llmft.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 STATE_FILE = "trainer_state.json"
 STATE_DIR = "state"
 GROUPS_FILE = "optimizer_groups.json"
 RNG_DIR = "rng"
-CONFIG_FILE = "llmft_config.yaml"
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+STEP_PREFIX = "step-"  # checkpoints/step-000012
+_STEP_DIR = re.compile(rf"^{STEP_PREFIX}(\d+)$")
 _OLD_PREFIX = ".old-"
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
+    return f"{STEP_PREFIX}{step:06d}"
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,27 +1,90 @@
-"""The run folder: the overwrite guard and the final artifacts that plain transformers/peft load."""
+"""The run folder: the names of its files, the overwrite guard, and the final artifacts that plain
+transformers/peft load.
+
+Every file name of a run folder is defined here, except two that their own code owns: the classifier's
+``classifier.json`` (:data:`llmft.models.heads.CLASSIFIER_FILE`, read by
+:class:`~llmft.models.heads.ClassifierSpec`) and the plots (``*.png``, :func:`llmft.train.metrics.plot_run`).
+``llmft finetune`` writes them; ``llmft export`` and the loaders of a finished run read them.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from llmft.errors import UserError
 from llmft.hf import quiet_progress_bars
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 # A hidden file that only llmft writes, in every run folder. --overwrite deletes a folder only when
 # it holds this file: a folder that merely contains a config named like ours (a user's project
 # folder, say) is never deleted.
 RUN_MARKER = ".llmft-run"
-# The resolved config of the run, reusable with `llmft finetune --config`.
+# The resolved config of the run, reusable with `llmft finetune --config` (a step checkpoint has one too).
 CONFIG_FILE = "llmft_config.yaml"
-# Loaders look for these first; they are moved into place last, so a folder that has one is whole.
-_INDEX_FILES = ("adapter_config.json", "config.json")
+# The run's records: the log, the closing summary, one metrics row per logged step, TensorBoard events,
+# the step checkpoints (:mod:`llmft.checkpoint.layout`).
+TRAIN_LOG = "train.log"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINTS_DIR = "checkpoints"
+# What save_pretrained writes first of all: PEFT's adapter config, transformers' model config. Loaders
+# look for these first; they are moved into place last, so a folder that has one is whole.
+ADAPTER_CONFIG = "adapter_config.json"
+MODEL_CONFIG = "config.json"
+_INDEX_FILES = (ADAPTER_CONFIG, MODEL_CONFIG)
+# What a run folder holds besides the model (and its plots, *.png): never copied into an export.
+RUN_RECORDS = frozenset({CHECKPOINTS_DIR, TENSORBOARD_DIR, METRICS_FILE, TRAIN_LOG, SUMMARY_FILE, RUN_MARKER})
+# A hidden file in every folder that `llmft export` writes: its --overwrite replaces only such a folder.
+EXPORT_MARKER = ".llmft-export"
+
+
+def is_tokenizer_file(name: str) -> bool:
+    """Whether ``name`` is one of the files a tokenizer's save_pretrained writes."""
+    return name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges"))
+
+
+def has_final_model(run_dir: Path) -> bool:
+    """Whether a run folder holds its final model: an adapter or a whole model."""
+    return (run_dir / ADAPTER_CONFIG).is_file() or (run_dir / MODEL_CONFIG).is_file()
+
+
+class RunLog:
+    """The run folder's train.log, including what was logged before the folder could be claimed
+    (those records wait in memory, and are dropped if the run stops before writing anything)."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("llmft")
+        self.buffer = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+        self.file: logging.Handler | None = None
+        self.logger.addHandler(self.buffer)
+        # The file keeps INFO whatever the console shows (the console handler has its own level).
+        if self.logger.level == logging.NOTSET or self.logger.level > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+
+    def open(self, output_dir: Path) -> None:
+        self.file = logging.FileHandler(output_dir / TRAIN_LOG, encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.buffer.setTarget(self.file)
+        self.buffer.flush()
+        self.logger.removeHandler(self.buffer)
+        self.logger.addHandler(self.file)
+
+    def close(self) -> None:
+        for handler in (self.buffer, self.file):
+            if handler is not None:
+                self.logger.removeHandler(handler)
+                handler.close()
 
 
 def _writable_parent(path: Path) -> None:

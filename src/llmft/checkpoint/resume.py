@@ -1,11 +1,15 @@
-"""Which config changes a resumed run may make: the ones that break it are errors, the rest warnings."""
+"""Resuming a run: where it continues from (``--resume``), and which config changes it may make (the
+ones that break it are errors, the rest warnings)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from llmft.checkpoint.state import CheckpointInfo
+from llmft.checkpoint.outputs import CHECKPOINTS_DIR, RUN_MARKER, SUMMARY_FILE, check_output_dir
+from llmft.checkpoint.state import CheckpointInfo, resolve_resume
 from llmft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,3 +87,45 @@ def _check_data_position(info: CheckpointInfo, current: dict[str, Any], world_si
             f"number of processes and micro_batch_size it was written with "
             f"({info.state.get('world_size')} x {_flatten(info.config).get('train.micro_batch_size')})"
         )
+
+
+@dataclass
+class ResumePlan:
+    """Where a resumed run continues from, and whether it continues in its own run folder."""
+
+    checkpoint: Path
+    in_place: bool
+
+
+def plan_resume(
+    resume: str | None, output_dir: Path, overwrite: bool, inputs: dict[str, Path]
+) -> tuple[ResumePlan | None, bool]:
+    """Check the output folder against ``--resume`` and ``--overwrite``; returns the resume plan (None:
+    a fresh run) and whether an earlier run in the folder may be cleared.
+
+    ``inputs``: what the run reads, by config field (see :func:`~llmft.checkpoint.outputs.check_output_dir`).
+    """
+    if resume is None:
+        check_output_dir(output_dir, overwrite, inputs)
+        return None, overwrite
+    if overwrite:
+        raise UserError("--resume continues a run and --overwrite deletes it: pass only one of them")
+    checkpoint = resolve_resume(resume, output_dir)
+    if checkpoint is None:  # --resume auto, nothing saved yet
+        interrupted = (output_dir / RUN_MARKER).is_file() and not (output_dir / SUMMARY_FILE).exists()
+        if interrupted:
+            log.warning("--resume auto: %s holds no checkpoint yet; starting the run again", output_dir)
+        check_output_dir(output_dir, interrupted, inputs)
+        return None, interrupted
+    in_place = output_dir.resolve() in checkpoint.resolve().parents
+    own_steps = (output_dir / CHECKPOINTS_DIR).resolve()
+    if in_place and checkpoint.resolve().parent != own_steps:
+        # A copy kept inside the run folder (e.g. run/saved/best): continuing there would leave the run's
+        # own `latest` and later step folders pointing at another continuation.
+        raise UserError(
+            f"--resume: '{checkpoint}' lies inside the run folder {output_dir} but is not one of its "
+            f"{CHECKPOINTS_DIR}/step-N checkpoints; continue it into a new --output_dir instead"
+        )
+    if not in_place:  # a new run folder that starts from another run's checkpoint
+        check_output_dir(output_dir, False, {**inputs, "--resume": checkpoint})
+    return ResumePlan(checkpoint, in_place), False

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from llmft.errors import EXIT_USER_ERROR, UserError
+from llmft.errors import UserError
 
 log = logging.getLogger("llmft")
 
@@ -253,6 +253,8 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fine_tune.py``: translate, then run ``llmft finetune``, with its errors naming the
+    alpaca-lora flags the user typed."""
     from llmft import cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -260,16 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     flags_of_fields: dict[str, str] = {}
-    try:
-        args, flags_of_fields = translate(argv)
-        # llmft's own entry point, with its errors naming the alpaca-lora flags the user typed.
-        parser = cli.build_parser()
-        known, extra = parser.parse_known_args(args)
-        return cli._run(parser, known, extra)
-    except UserError as exc:
-        message = name_flags(" ".join(str(exc).split()), flags_of_fields, argv)
-        print(f"llmft: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("llmft: interrupted", file=sys.stderr)
-        return 130
+
+    def to_llmft(tokens: list[str]) -> list[str]:
+        args, named = translate(tokens)
+        flags_of_fields.update(named)
+        return args
+
+    return cli.main(
+        argv, translate=to_llmft, explain=lambda message: name_flags(message, flags_of_fields, argv)
+    )

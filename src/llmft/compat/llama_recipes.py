@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from llmft.errors import EXIT_USER_ERROR, UserError
+from llmft.errors import UserError
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -144,8 +144,18 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     recipes, passthrough = _parse(argv)
-    out: list[str] = []
+    out = _quantization_and_freeze(recipes)
+    strategy_args, strategy = _strategy(recipes, world_size)
+    out += strategy_args
+    out += _run_settings(recipes)
+    out += _batch(recipes, passthrough, world_size)
+    out += _method(recipes)
+    out += _precision_and_memory(recipes, strategy)
+    return out + passthrough
 
+
+def _quantization_and_freeze(recipes: dict[str, str | bool]) -> list[str]:
+    out: list[str] = []
     if recipes.get("quantization"):
         # llama-recipes' 4-bit is bitsandbytes NF4 with double quantization and bf16 compute (llmft's
         # default compute dtype is model.dtype); its 8-bit is LLM.int8. Under FSDP llmft shards the
@@ -160,7 +170,12 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
                 "--freeze.num_frozen_layers", str(recipes.get("num_freeze_layers", 1))]  # fmt: skip
     elif "num_freeze_layers" in recipes:
         raise UserError("--num_freeze_layers needs --freeze_layers (as in llama-recipes)")
+    return out
 
+
+def _strategy(recipes: dict[str, str | bool], world_size: int) -> tuple[list[str], str | None]:
+    """The strategy flags (--train_strategy, --enable_fsdp, the FSDP sharding strategy) and the strategy."""
+    out: list[str] = []
     strategy = recipes.get("train_strategy")
     if strategy is not None and strategy not in ("single", "ddp", "fsdp"):
         raise UserError(f"--train_strategy: '{strategy}' is not one of single, ddp, fsdp")
@@ -180,7 +195,11 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
             strategy = "ddp"
     if strategy is not None:
         out += ["--distributed.strategy", str(strategy)]
+    return out, strategy
 
+
+def _run_settings(recipes: dict[str, str | bool]) -> list[str]:
+    """The model, epochs, learning rate, output folder, context length, seed, dataset and step limit."""
     simple = {
         "model_name": "model.name",
         "num_epochs": "train.epochs",
@@ -189,6 +208,7 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
         "context_length": "data.max_seq_len",
         "seed": "train.seed",
     }
+    out: list[str] = []
     for flag, key in simple.items():
         if flag in recipes:
             out += [f"--{key}", str(recipes[flag])]
@@ -196,23 +216,30 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
         out += _dataset(str(recipes["dataset"]))
     if recipes.get("max_train_step") not in (None, "0"):  # llama-recipes: 0 means no limit
         out += ["--train.max_steps", str(recipes["max_train_step"])]
+    return out
 
-    if "batch_size_training" in recipes or "gradient_accumulation_steps" in recipes:
-        if any(t.startswith(("--train.batch_size", "--train.micro_batch_size")) for t in passthrough):
-            raise UserError(
-                "--batch_size_training / --gradient_accumulation_steps and --train.batch_size / "
-                "--train.micro_batch_size set the same thing; pass one pair"
-            )
-        micro = int(recipes.get("batch_size_training", _RECIPES_MICRO_BATCH))
-        accumulation = int(recipes.get("gradient_accumulation_steps", _RECIPES_ACCUMULATION))
-        # llama-recipes' batch is per process and step; llmft's train.batch_size is global.
-        out += [
-            "--train.micro_batch_size",
-            str(micro),
-            "--train.batch_size",
-            str(micro * accumulation * world_size),
-        ]
 
+def _batch(recipes: dict[str, str | bool], passthrough: list[str], world_size: int) -> list[str]:
+    if "batch_size_training" not in recipes and "gradient_accumulation_steps" not in recipes:
+        return []
+    if any(t.startswith(("--train.batch_size", "--train.micro_batch_size")) for t in passthrough):
+        raise UserError(
+            "--batch_size_training / --gradient_accumulation_steps and --train.batch_size / "
+            "--train.micro_batch_size set the same thing; pass one pair"
+        )
+    micro = int(recipes.get("batch_size_training", _RECIPES_MICRO_BATCH))
+    accumulation = int(recipes.get("gradient_accumulation_steps", _RECIPES_ACCUMULATION))
+    # llama-recipes' batch is per process and step; llmft's train.batch_size is global.
+    return [
+        "--train.micro_batch_size",
+        str(micro),
+        "--train.batch_size",
+        str(micro * accumulation * world_size),
+    ]
+
+
+def _method(recipes: dict[str, str | bool]) -> list[str]:
+    """The PEFT method: --use_peft and --peft_method (full fine-tuning with --use_peft false)."""
     use_peft = recipes.get("use_peft")
     method = recipes.get("peft_method")
     if method is not None and method not in _PEFT_METHODS:
@@ -221,17 +248,22 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
             f"--peft.method qlora, prompt, ia3"
         )
     if use_peft is False and not recipes.get("freeze_layers"):
-        out += ["--peft.method", "none"]
-    elif use_peft or method:
-        out += ["--peft.method", method or "lora"]
+        return ["--peft.method", "none"]
+    if use_peft or method:
+        return ["--peft.method", str(method or "lora")]
+    return []
 
+
+def _precision_and_memory(recipes: dict[str, str | bool], strategy: str | None) -> list[str]:
+    """Batching, mixed precision, pure bf16, activation checkpointing and CPU offload."""
+    out: list[str] = []
     batching = recipes.get("batching_strategy")
     if batching is not None:
         out += _batching(str(batching))
     if "mixed_precision" in recipes:
         # llama-recipes: bf16 where the hardware has it; llmft's 'auto' decides the same way.
         out += ["--train.precision", "auto" if recipes["mixed_precision"] else "fp32"]
-    full = use_peft is False or bool(recipes.get("freeze_layers"))
+    full = recipes.get("use_peft") is False or bool(recipes.get("freeze_layers"))
     if recipes.get("fsdp_config.pure_bf16") and full:
         # llama-recipes stores a fully fine-tuned model in bf16, where small AdamW updates round away;
         # llmft keeps fp32 weights and computes in bf16 (docs/design.md: full fine-tuning keeps fp32).
@@ -247,7 +279,7 @@ def translate(argv: Sequence[str], world_size: int | None = None) -> list[str]:
         ]
     if recipes.get("fsdp_config.fsdp_cpu_offload") and strategy == "fsdp":
         out += ["--distributed.fsdp.cpu_offload", "true"]
-    return out + passthrough
+    return out
 
 
 def _sharding(name: str, world_size: int) -> list[str]:
@@ -276,11 +308,7 @@ def _batching(name: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fsdp_finetuning.py``: translate, then run ``llmft finetune``."""
-    from llmft.cli import main as llmft_main
+    from llmft import cli
 
-    try:
-        translated = translate(sys.argv[1:] if argv is None else argv)
-    except UserError as exc:
-        print(f"llmft: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return llmft_main(["finetune", *translated])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.main(argv, translate=lambda tokens: ["finetune", *translate(tokens)])

@@ -24,6 +24,25 @@ log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+
+class Preempted(Exception):
+    """Training stopped on a signal after a step; ``checkpoint`` holds the state to resume from.
+
+    ``trained``: False when the signal came before the first step of this run (while the model was
+    loading): nothing was trained and nothing saved, so the latest checkpoint, if any, is unchanged.
+    """
+
+    def __init__(self, signal_name: str, step: int, checkpoint, trained: bool = True) -> None:
+        self.signal_name, self.step, self.checkpoint, self.trained = signal_name, step, checkpoint, trained
+        if not trained:
+            super().__init__(
+                f"stopped by {signal_name} before training started (at step {step}); nothing trained or saved"
+            )
+            return
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (none configured)"
+        super().__init__(f"stopped by {signal_name} after step {step}; {where}")
+
+
 _requested: str | None = None  # the first stop signal received while listening
 _depth = 0  # nested listen() scopes: only the outermost installs and restores the handlers
 

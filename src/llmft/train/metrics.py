@@ -34,20 +34,23 @@ def finite_or_none(value: Any) -> Any:
 
 
 class MetricsLogger:
-    """Writes each row to metrics.jsonl (flushed at once, so a crash keeps what was logged) and to
+    """Writes each row to a JSON lines file (flushed at once, so a crash keeps what was logged) and to
     TensorBoard under ``train/`` or ``eval/``."""
 
     def __init__(
         self,
-        output_dir: Path,
-        tensorboard: bool = True,
+        path: Path,
+        tensorboard_dir: Path | None = None,
         wandb_project: str | None = None,
         run_config: dict[str, Any] | None = None,
         resume_step: int | None = None,
     ) -> None:
-        """``resume_step``: the run continues from a checkpoint after this step; rows that an
-        interrupted run logged after it are dropped (they are logged again), so each step has one row."""
-        self.path = output_dir / "metrics.jsonl"
+        """``path``: the JSON lines file, in the run folder (W&B writes beside it); ``tensorboard_dir``:
+        where TensorBoard's events go (None: no TensorBoard). ``resume_step``: the run continues from a
+        checkpoint after this step; rows that an interrupted run logged after it are dropped (they are
+        logged again), so each step has one row."""
+        self.path = path
+        output_dir = path.parent
         if resume_step is not None and self.path.is_file():
             kept = []
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -67,11 +70,10 @@ class MetricsLogger:
             self._wandb = wandb.init(
                 project=wandb_project, dir=str(output_dir), name=output_dir.name, config=run_config or {}
             )
-        self.tensorboard_dir: Path | None = None
-        if tensorboard:
+        self.tensorboard_dir = tensorboard_dir
+        if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard_dir = output_dir / "tensorboard"
             # purge_step hides the events an interrupted run wrote after the checkpoint.
             purge = None if resume_step is None else resume_step + 1
             self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge)

@@ -1,4 +1,4 @@
-"""The one training loop: every method, data format and (later) strategy runs through it.
+"""The one training loop: every method, data format and strategy (single, DDP, FSDP) runs through it.
 
 A step consumes one global batch: ``accumulation_steps`` micro-batches per process. The loss of the
 step is the sum of every target token's loss divided by the number of target tokens in the whole
@@ -8,13 +8,13 @@ batch (see :mod:`llmft.train.loss`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,43 +23,22 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from llmft.config import TrainSection, batch_problem
 from llmft.data.pipeline import TokenizedDataset, eval_loader, train_loader
-from llmft.data.tokenize import IGNORE_INDEX
 from llmft.distributed.env import DistEnv
 from llmft.distributed.parallelize import clip_grad_norm_, gradient_sync
 from llmft.errors import UserError
 from llmft.launch import stop as stop_requests
-from llmft.launch.stop import EXIT_PREEMPTED, STOP_SIGNALS  # noqa: F401 (re-exported)
-from llmft.precision import autocast
-from llmft.train.loss import class_loss_sum, classification_metrics, count_targets, token_loss_sum
+from llmft.launch.stop import Preempted
+from llmft.train.evaluate import Batch, batch_targets, describe_eval, evaluate_split, forward_logits
+from llmft.train.loss import class_loss_sum, token_loss_sum
 from llmft.train.metrics import MetricsLogger
 from llmft.train.observe import Observer
 from llmft.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
-Batch = dict[str, torch.Tensor]
-
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; usually the learning rate is too high."""
-
-
-class Preempted(Exception):
-    """Training stopped on a signal after a step; ``checkpoint`` holds the state to resume from.
-
-    ``trained``: False when the signal came before the first step of this run (while the model was
-    loading): nothing was trained and nothing saved, so the latest checkpoint, if any, is unchanged.
-    """
-
-    def __init__(self, signal_name: str, step: int, checkpoint, trained: bool = True) -> None:
-        self.signal_name, self.step, self.checkpoint, self.trained = signal_name, step, checkpoint, trained
-        if not trained:
-            super().__init__(
-                f"stopped by {signal_name} before training started (at step {step}); nothing trained or saved"
-            )
-            return
-        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (none configured)"
-        super().__init__(f"stopped by {signal_name} after step {step}; {where}")
 
 
 @dataclass
@@ -96,51 +75,18 @@ class TrainSummary:
         return sum(chunk) / len(chunk) if chunk else float("nan")
 
 
-def forward_logits(model: nn.Module, batch: Batch, device: torch.device, compute_dtype: torch.dtype | None):
-    """The model's logits of a collated batch (already on ``device``), under autocast when
-    ``compute_dtype`` is set; training and evaluation both call this."""
-    with autocast(device, compute_dtype):
-        logits = model(**Trainer.model_inputs(batch), use_cache=False).logits
-    # Prompt tuning prepends virtual tokens and PEFT returns their logits too: keep the real tokens'.
-    length = batch["input_ids"].shape[1]
-    return logits[:, -length:] if logits.ndim == 3 and logits.shape[1] != length else logits
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When the trainer saves its whole state, and how.
 
+    A checkpoint is due every ``every_steps`` steps (0: never on an interval), at the end of each epoch
+    (``at_epoch_end``), at the end of the run when either is set, and when a stop signal arrives.
+    ``save(trainer, reason, summary)`` writes one (every rank calls it together) and returns its folder.
+    """
 
-@torch.no_grad()
-def evaluate_split(
-    model: nn.Module, loader, device: torch.device, compute_dtype: torch.dtype | None = None
-) -> dict[str, float]:
-    """Loss per target over every batch of ``loader``, and its perplexity (causal LM) or its accuracy
-    and macro-F1 (classification). The trainer's evaluation and ``llmft eval`` both run this, so their
-    numbers agree."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=device)
-    targets = 0
-    predicted, expected = [], []
-    for batch in loader:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        logits = forward_logits(model, batch, device, compute_dtype)
-        if "class_labels" in batch:
-            total += class_loss_sum(logits, batch["class_labels"])
-            predicted.append(logits.argmax(-1).cpu())
-            expected.append(batch["class_labels"].cpu())
-        else:
-            total += token_loss_sum(logits, batch["labels"])
-        targets += Trainer.targets(batch)
-    model.train(was_training)
-    if targets == 0:
-        # A loss over no target is undefined; 0.0 would read as a perfect model.
-        log.warning("evaluation: the validation split has no target token; eval_loss is NaN")
-        return {"eval_loss": math.nan, "eval_ppl": math.nan}
-    loss = float(total) / targets
-    if predicted:
-        num_classes = int(logits.shape[-1])
-        return {
-            "eval_loss": loss,
-            **classification_metrics(torch.cat(predicted), torch.cat(expected), num_classes),
-        }
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+    save: Callable[[Trainer, str, TrainSummary], Path]
+    every_steps: int = 0
+    at_epoch_end: bool = True
 
 
 def accumulation_steps(cfg: TrainSection, world_size: int) -> int:
@@ -160,9 +106,14 @@ class Trainer:
         train_data / val_data: tokenized examples; ``val_data`` may be None.
         pad_id: token id used to pad batches (never a target).
         env: rank, world size, device.
-        metrics: where rows go (main process only); None to log nothing.
+        metrics: where rows go (main process only); None to log nothing (see :meth:`attach_metrics`).
         compute_dtype: autocast dtype, or None for plain fp32.
         group_by_length: batch training examples of similar length (padding batches only).
+        eval_hooks: called with the step at every evaluation, on every rank; the entries of the dicts
+            they return join the eval row (e.g. task metrics of generated answers).
+        checkpoint: when and how to save step checkpoints; None: no checkpoints.
+
+    ``observer`` (FLOPs, MFU and peak memory in the rows) may be set before :meth:`fit`.
     """
 
     def __init__(
@@ -176,6 +127,8 @@ class Trainer:
         metrics: MetricsLogger | None = None,
         compute_dtype: torch.dtype | None = None,
         group_by_length: bool = False,
+        eval_hooks: Sequence[Callable[[int], dict]] = (),
+        checkpoint: CheckpointPolicy | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -212,14 +165,8 @@ class Trainer:
         self.micro_batches_done = 0
         self.evaluated_at = -1
         self.observer: Observer | None = None  # adds FLOPs, MFU and peak memory to the rows
-        # Called with the step at every evaluation, on every rank; their entries join the eval row.
-        self.eval_hooks: list[Callable[[int], dict]] = []
-        # Step checkpoints: ``checkpoint_hook(reason, summary)`` writes one (all ranks call it together)
-        # and returns its folder; None: no checkpoints. When: every ``checkpoint_every`` steps, at the
-        # end of each epoch, at the end of the run, and when a stop signal arrives.
-        self.checkpoint_hook = None
-        self.checkpoint_every = 0
-        self.checkpoint_at_epoch_end = True
+        self.eval_hooks = list(eval_hooks)
+        self.checkpoint = checkpoint
         self.stop_signal: str | None = None  # SIGTERM/SIGUSR1, from the start of the command (see fit)
 
     def attach_metrics(self, metrics: MetricsLogger | None) -> None:
@@ -231,26 +178,6 @@ class Trainer:
 
     def _to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
-
-    @staticmethod
-    def model_inputs(batch: Batch) -> Batch:
-        """The model's inputs of a collated batch.
-
-        Packed rows carry ``position_ids`` and go in without a 2-D attention mask: transformers then
-        derives a block-diagonal causal mask from the position resets, so documents in a row do not
-        attend to each other (see :mod:`llmft.data.batching`). Their ``attention_mask`` only marks real
-        tokens for counting.
-        """
-        if "position_ids" in batch:
-            return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-    @staticmethod
-    def targets(batch: Batch) -> int:
-        """Targets of a micro-batch: shifted label tokens, or classified rows (fillers have -100)."""
-        if "class_labels" in batch:
-            return int((batch["class_labels"] != IGNORE_INDEX).sum())
-        return count_targets(batch["labels"])
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         return forward_logits(self.model, batch, self.env.device, self.compute_dtype)
@@ -278,7 +205,7 @@ class Trainer:
         global count already makes the sum over processes the right gradient; so each loss is also
         multiplied by the world size (``x * 1 / n`` is bit-identical to ``x / n`` for one process).
         """
-        local_targets = sum(self.targets(mb) for mb in micro_batches)
+        local_targets = sum(batch_targets(mb) for mb in micro_batches)
         global_targets = int(self.env.sum(torch.tensor(local_targets, dtype=torch.long)))
         total = torch.zeros((), device=self.env.device)
         if global_targets == 0:
@@ -437,8 +364,10 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.cfg.progress and self.env.is_main),
         )
-        # Console log lines go through tqdm while the bar is drawn, so they do not tear it.
-        with logging_redirect_tqdm(loggers=[logging.getLogger("llmft")]), self._stop_signals():
+        # Console log lines go through tqdm while the bar is drawn, so they do not tear it. SIGTERM and
+        # SIGUSR1 (a scheduler's warning before it kills or preempts a job) ask the loop to stop after the
+        # current step; under `llmft finetune` the handlers are in already and this scope nests.
+        with logging_redirect_tqdm(loggers=[logging.getLogger("llmft")]), stop_requests.listen():
             if self.step < self.total_steps:
                 # A stop asked for while the model was loading (llmft.launch.stop listens from the start
                 # of the command): every rank agrees and leaves before training, saving nothing.
@@ -465,67 +394,84 @@ class Trainer:
                 summary.losses.append(result.loss)
                 summary.train_time_s += result.step_time_s
                 summary.real_tokens += result.real_tokens
-                if result.step % self.cfg.log_every == 0 or result.step == self.total_steps:
-                    self._log(
-                        {
-                            "step": result.step,
-                            "epoch": round(epoch + self._epoch_fraction(result.step), 4),
-                            "loss": result.loss,
-                            "lr": result.lr,
-                            "grad_norm": result.grad_norm,
-                            "target_tokens": result.target_tokens,
-                            "real_tokens": result.real_tokens,
-                            "tokens_per_s": result.real_tokens / result.step_time_s,
-                            "step_time_s": result.step_time_s,
-                            "elapsed_s": time.perf_counter() - run_started,
-                            **self._observe(result),
-                        }
-                    )
-                progress.update(1)
-                postfix = {
-                    "loss": f"{result.loss:.4f}",
-                    "tok_s": f"{summary.tokens_per_s:,.0f}",
-                    "lr": f"{result.lr:.2e}",
-                }
-                if self.observer is not None and self.observer.mfus:
-                    postfix["mfu"] = f"{self.observer.mfus[-1]:.1%}"
-                progress.set_postfix(postfix)
-                if self.cfg.eval_every and result.step % self.cfg.eval_every == 0 and self.val_loader:
-                    summary.eval_loss = self._eval_and_log(result.step, summary)
-                    self.evaluated_at = result.step
+                self._log_step(result, epoch, run_started)
+                self._show_progress(progress, result, summary)
+                if self._evaluate_if_due(result.step, summary):
                     tick = time.perf_counter()  # evaluation time is not training time
-                # Every rank stops after the same step, whichever of them got the signal.
-                self.stop_signal = self.stop_signal or stop_requests.requested()
-                stop = self.env.any(self.stop_signal is not None)
-                reason = "preempted" if stop else self._checkpoint_reason(result.step)
-                checkpoint = None
-                if reason and self.checkpoint_hook is not None:
-                    checkpoint = self.checkpoint_hook(reason, summary)
+                if self._checkpoint_if_due(result.step, summary):
                     tick = time.perf_counter()  # nor is saving
-                if stop:
-                    raise Preempted(self.stop_signal or "a signal on another rank", result.step, checkpoint)
                 if result.step >= self.total_steps:
                     break
         finally:
             progress.close()
 
+    def _log_step(self, result: StepResult, epoch: int, run_started: float) -> None:
+        """The step's metrics row, every ``log_every`` steps and at the last step."""
+        if result.step % self.cfg.log_every and result.step != self.total_steps:
+            return
+        self._log(
+            {
+                "step": result.step,
+                "epoch": round(epoch + self._epoch_fraction(result.step), 4),
+                "loss": result.loss,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "target_tokens": result.target_tokens,
+                "real_tokens": result.real_tokens,
+                "tokens_per_s": result.real_tokens / result.step_time_s,
+                "step_time_s": result.step_time_s,
+                "elapsed_s": time.perf_counter() - run_started,
+                **self._observe(result),
+            }
+        )
+
+    def _show_progress(self, progress: tqdm, result: StepResult, summary: TrainSummary) -> None:
+        progress.update(1)
+        postfix = {
+            "loss": f"{result.loss:.4f}",
+            "tok_s": f"{summary.tokens_per_s:,.0f}",
+            "lr": f"{result.lr:.2e}",
+        }
+        if self.observer is not None and self.observer.mfus:
+            postfix["mfu"] = f"{self.observer.mfus[-1]:.1%}"
+        progress.set_postfix(postfix)
+
+    def _evaluate_if_due(self, step: int, summary: TrainSummary) -> bool:
+        """Evaluate every ``eval_every`` steps (when there is a validation split); returns whether it did."""
+        if not (self.cfg.eval_every and step % self.cfg.eval_every == 0 and self.val_loader):
+            return False
+        summary.eval_loss = self._eval_and_log(step, summary)
+        self.evaluated_at = step
+        return True
+
+    def _checkpoint_if_due(self, step: int, summary: TrainSummary) -> bool:
+        """Save a checkpoint when one is due or a stop signal came; returns whether one was saved.
+
+        Raises:
+            Preempted: after saving, when any rank got a stop signal (every rank stops after the same step).
+        """
+        self.stop_signal = self.stop_signal or stop_requests.requested()
+        stop = self.env.any(self.stop_signal is not None)
+        reason = "preempted" if stop else self._checkpoint_reason(step)
+        checkpoint = None
+        if reason and self.checkpoint is not None:
+            checkpoint = self.checkpoint.save(self, reason, summary)
+        if stop:
+            raise Preempted(self.stop_signal or "a signal on another rank", step, checkpoint)
+        return bool(reason and self.checkpoint is not None)
+
     def _checkpoint_reason(self, step: int) -> str | None:
-        """Why a checkpoint is due after ``step``, or None."""
-        if self.checkpoint_every and step % self.checkpoint_every == 0:
+        """Why a checkpoint is due after ``step`` under the checkpoint policy, or None."""
+        policy = self.checkpoint
+        if policy is None:
+            return None
+        if policy.every_steps and step % policy.every_steps == 0:
             return "interval"
-        if self.checkpoint_at_epoch_end and self.micro_batches_done >= self.epoch_micro_batches:
+        if policy.at_epoch_end and self.micro_batches_done >= self.epoch_micro_batches:
             return "epoch_end"
-        if step >= self.total_steps and (self.checkpoint_every or self.checkpoint_at_epoch_end):
+        if step >= self.total_steps and (policy.every_steps or policy.at_epoch_end):
             return "end"
         return None
-
-    @contextlib.contextmanager
-    def _stop_signals(self):
-        """SIGTERM and SIGUSR1 (a scheduler's warning before it kills or preempts a job) ask the loop to
-        stop after the current step; the previous handlers come back afterwards. Under ``llmft
-        finetune`` the handlers are in already (:mod:`llmft.launch.stop`) and this scope nests."""
-        with stop_requests.listen():
-            yield
 
     def _epoch_fraction(self, step: int) -> float:
         within = (step - 1) % self.steps_per_epoch + 1
@@ -537,16 +483,7 @@ class Trainer:
             row.update(hook(step))
         summary.eval_metrics = row
         self._log({"step": step, **row})
-        if "eval_accuracy" in row:
-            log.info(
-                "step %d: eval loss %.4f, accuracy %.1f%%, macro-F1 %.3f",
-                step,
-                row["eval_loss"],
-                100 * row["eval_accuracy"],
-                row["eval_macro_f1"],
-            )
-        else:
-            log.info("step %d: eval loss %.4f (perplexity %.1f)", step, row["eval_loss"], row["eval_ppl"])
+        log.info("step %d: %s", step, describe_eval(row))
         return row["eval_loss"]
 
     def _observe(self, result: StepResult) -> dict:

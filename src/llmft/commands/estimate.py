@@ -120,7 +120,10 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Print the estimate as a table (or JSON) with the advice."""
+    if extra:  # flags of its own, no config
+        raise UserError(f"estimate: unknown flag '{extra[0]}' (see llmft estimate --help)")
     result = estimate(setup_from_args(args))
     if args.json:
         print(json.dumps(estimate_json(result), indent=2))
